@@ -1,0 +1,1 @@
+"""Keras layers of keras-ctr-compress (one layer per module, all registered serializable)."""

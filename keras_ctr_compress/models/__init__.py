@@ -1,0 +1,1 @@
+"""keras_ctr_compress.models"""
