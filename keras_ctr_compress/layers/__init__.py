@@ -1,1 +1,6 @@
 """Keras layers of keras-ctr-compress (one layer per module, all registered serializable)."""
+
+from keras_ctr_compress.layers.field_pair_interaction import FieldPairInteraction, all_pairs
+from keras_ctr_compress.layers.split_fields import SplitFields
+
+__all__ = ["FieldPairInteraction", "SplitFields", "all_pairs"]
