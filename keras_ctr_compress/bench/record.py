@@ -1,0 +1,141 @@
+"""The benchmark record (design.md): schema check, machine facts, summary tables."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from keras_ctr_compress.utils import atomic_write_text
+
+SCHEMA_VERSION = 1
+_ROW_FIELDS = {
+    "method": str, "model": str, "seed": int, "test_auc": float, "test_logloss": float,
+    "tflite_bytes": int, "params": int, "latency_us_b1": float, "latency_us_b256": float,
+    "parity_max_abs": float, "train_seconds": float, "peak_rss_mb": float,
+}
+
+
+def machine_facts() -> dict:
+    """CPU model, core count and library versions, so records from different
+    machines are not compared by accident."""
+    import ai_edge_litert
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+        "python": sys.version.split()[0], "tensorflow": tf.__version__,
+        "keras": keras.__version__, "litert": getattr(ai_edge_litert, "__version__", "unknown"),
+        "numpy": np.__version__,
+    }
+
+
+def validate_record(rec: dict, *, where: str = "record") -> None:
+    """Raises ValueError naming the first field that does not match the schema."""
+    if not isinstance(rec, dict):
+        raise ValueError(f"{where}: expected a JSON object")
+    if rec.get("schema") != SCHEMA_VERSION:
+        raise ValueError(f"{where}: schema must be {SCHEMA_VERSION}, got {rec.get('schema')!r}")
+    for key, typ in (("dataset", str), ("split", dict), ("seeds", list), ("results", list)):
+        if not isinstance(rec.get(key), typ):
+            raise ValueError(f"{where}: field {key!r} missing or not a {typ.__name__}")
+    for part in ("train", "valid", "test"):
+        if not isinstance(rec["split"].get(part), int):
+            raise ValueError(f"{where}: split.{part} must be an integer row count")
+    for i, row in enumerate(rec["results"]):
+        for key, typ in _ROW_FIELDS.items():
+            val = row.get(key)
+            ok = isinstance(val, (int, float)) and not isinstance(val, bool) if typ is float else isinstance(val, typ)
+            if not ok:
+                raise ValueError(f"{where}: results[{i}].{key} must be {typ.__name__}, got {val!r}")
+        if "fp32" not in {r["method"] for r in rec["results"]}:
+            raise ValueError(f"{where}: no fp32 reference row")
+
+
+def load_record(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        rec = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    validate_record(rec, where=str(path))
+    return rec
+
+
+def save_record(rec: dict, path: str | Path) -> None:
+    validate_record(rec)
+    atomic_write_text(path, json.dumps(rec, indent=1, sort_keys=False) + "\n")
+
+
+def _mean_std(vals: list[float]) -> tuple[float, float]:
+    n = len(vals)
+    m = sum(vals) / n
+    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (n - 1)) if n > 1 else 0.0
+    return m, sd
+
+
+def summarize(rec: dict) -> list[dict]:
+    """One row per (model, method): means over seeds; latency and size as ratios to
+    the same model's fp32 row (the ratio of medians measured in the same run)."""
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for row in rec["results"]:
+        groups[(row["model"], row["method"])].append(row)
+    out = []
+    for (model, method), rows in groups.items():
+        ref = groups.get((model, "fp32"))
+        auc_m, auc_s = _mean_std([r["test_auc"] for r in rows])
+        s = {
+            "model": model, "method": method, "seeds": len(rows),
+            "auc_mean": auc_m, "auc_std": auc_s,
+            "logloss_mean": _mean_std([r["test_logloss"] for r in rows])[0],
+            "bytes": _mean_std([r["tflite_bytes"] for r in rows])[0],
+            "lat_b1_us": _median([r["latency_us_b1"] for r in rows]),
+            "lat_b256_us": _median([r["latency_us_b256"] for r in rows]),
+            "parity_max_abs": max(r["parity_max_abs"] for r in rows),
+        }
+        if ref:
+            s["bytes_ratio"] = s["bytes"] / _mean_std([r["tflite_bytes"] for r in ref])[0]
+            s["lat_b1_ratio"] = s["lat_b1_us"] / _median([r["latency_us_b1"] for r in ref])
+            s["lat_b256_ratio"] = s["lat_b256_us"] / _median([r["latency_us_b256"] for r in ref])
+        out.append(s)
+    order = {m: i for i, m in enumerate(dict.fromkeys(r["method"] for r in rec["results"]))}
+    out.sort(key=lambda s: (s["model"], order[s["method"]]))
+    return out
+
+
+def _median(vals: list[float]) -> float:
+    v = sorted(vals)
+    n = len(v)
+    return v[n // 2] if n % 2 else 0.5 * (v[n // 2 - 1] + v[n // 2])
+
+
+def render_table(rec: dict) -> str:
+    """A markdown table of ``summarize(rec)``."""
+    lines = [
+        "| model | method | AUC (mean ± std) | logloss | .tflite bytes | size vs fp32 | "
+        "b1 latency vs fp32 | b256 latency vs fp32 | parity |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in summarize(rec):
+        lines.append(
+            f"| {s['model']} | {s['method']} | {s['auc_mean']:.4f} ± {s['auc_std']:.4f} "
+            f"(n={s['seeds']}) | {s['logloss_mean']:.4f} | {s['bytes']:,.0f} | "
+            f"{s.get('bytes_ratio', float('nan')):.3f} | {s.get('lat_b1_ratio', float('nan')):.2f} | "
+            f"{s.get('lat_b256_ratio', float('nan')):.2f} | {s['parity_max_abs']:.1e} |"
+        )
+    return "\n".join(lines)

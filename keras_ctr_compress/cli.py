@@ -1,0 +1,196 @@
+"""The ``kcc`` command (also installed as ``keras-ctr-compress``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from keras_ctr_compress.utils import quiet_tensorflow
+
+DEFAULT_DEMO_DATA = "synthetic"
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="deepfm", help="fm | fwfm | deepfm | deepfwfm | dcnv2")
+    p.add_argument("--seed", type=int, default=0, help="training seed (the split uses --split-seed)")
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--patience", type=int, default=2)
+    p.add_argument("--embedding-dim", type=int, default=10)
+    p.add_argument("--mlp", type=_ints, default=[400, 400, 400], help="hidden sizes, e.g. 400,400,400")
+    p.add_argument("--dropout", type=float, default=0.2)
+    p.add_argument("--embedding-l2", type=float, default=1e-3)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="kcc", description=__doc__)
+    ap.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a reference CTR model and save it with its vocabularies")
+    p.add_argument("--data", required=True, help="dataset spec, e.g. criteo:PATH or synthetic:rows=100000")
+    p.add_argument("--out", required=True, help="output folder (model.keras, preprocessor.json, meta.json)")
+    _add_train_args(p)
+
+    p = sub.add_parser("export", help="export a trained model folder to a verified .tflite")
+    p.add_argument("model_dir")
+    p.add_argument("--out", required=True, help="the .tflite to write (its vocabularies go beside it)")
+    p.add_argument("--quantize", choices=["none", "drq"], default="none")
+    p.add_argument("--parity-rows", type=int, default=1000)
+    p.add_argument("--no-latency", action="store_true")
+
+    p = sub.add_parser("score", help="score raw rows through a .tflite artefact in the LiteRT interpreter")
+    p.add_argument("tflite")
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="test", choices=["train", "valid", "test", "all"])
+    p.add_argument("--split-seed", type=int, default=0)
+
+    p = sub.add_parser("bench", help="benchmark methods side by side and write the JSON record")
+    p.add_argument("--dataset", required=True, help="frappe, frappe-nfm, criteo-8k, movielens100k, synthetic or a spec")
+    p.add_argument("--model", default="deepfm")
+    p.add_argument("--methods", default="fp32,drq")
+    p.add_argument("--seeds", type=_ints, default=[0, 1, 2])
+    p.add_argument("--json", required=True, help="the record to write")
+    p.add_argument("--quick", action="store_true", help="smoke run on a 20k-row slice")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--workdir", default=None, help="keep candidate files here")
+    p.add_argument("--list", action="store_true", help="list the registered methods and exit")
+
+    p = sub.add_parser("demo", help="the main job on built-in synthetic data")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--data", default=DEFAULT_DEMO_DATA)
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--quick", action="store_true", help="tiny smoke run")
+    return ap
+
+
+def cmd_train(a) -> int:
+    from keras_ctr_compress.artifacts import save_trained
+    from keras_ctr_compress.data import load_dataset
+    from keras_ctr_compress.models import ModelConfig, TrainConfig, build_model, evaluate, train_model
+
+    ds = load_dataset(a.data, seed=a.split_seed)
+    _log(f"[train] {ds.name}: {ds.split_sizes()} rows, {ds.num_fields} fields")
+    mcfg = ModelConfig(name=a.model, embedding_dim=a.embedding_dim, mlp=tuple(a.mlp),
+                       dropout=a.dropout, embedding_l2=a.embedding_l2)
+    model = build_model(mcfg, ds.fields, seed=a.seed)
+    tcfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, learning_rate=a.lr,
+                       patience=a.patience, seed=a.seed, verbose=2)
+    summary = train_model(model, ds.train, ds.valid, tcfg)
+    test = evaluate(model, ds.test)
+    meta = {"data": a.data, "split_seed": a.split_seed, "dataset": ds.name,
+            "split": ds.split_sizes(), "fields": [f.__dict__ for f in ds.fields],
+            "model_config": mcfg.to_dict(), "train_config": tcfg.to_dict(),
+            "train": summary, "test": test, "dataset_info": _plain(ds.info)}
+    save_trained(a.out, model, ds.preprocessor, meta)
+    print(f"test AUC {test['auc']:.4f}  logloss {test['logloss']:.4f}  "
+          f"({summary['epochs']} epochs, best {summary['best_epoch']}, {summary['train_seconds']:.0f}s) -> {a.out}")
+    return 0
+
+
+def _plain(d: dict) -> dict:
+    return {k: v for k, v in d.items() if isinstance(v, (int, float, str, bool))}
+
+
+def cmd_export(a) -> int:
+    from keras_ctr_compress.artifacts import PREPROCESSOR_FILE, load_trained
+    from keras_ctr_compress.data import load_dataset
+    from keras_ctr_compress.export import check_parity, export_litert, measure_latency, size_breakdown
+    from keras_ctr_compress.scoring import artefact_bytes, write_sidecar
+
+    tm = load_trained(a.model_dir)
+    out = Path(a.out)
+    if out.suffix != ".tflite":
+        raise ValueError(f"--out must name a .tflite file, got {out}")
+    ds = load_dataset(tm.meta["data"], seed=tm.meta.get("split_seed", 0), preprocessor=tm.preprocessor)
+    t0 = time.perf_counter()
+    export_litert(tm.model, out, quantization=None if a.quantize == "none" else a.quantize)
+    _log(f"[export] wrote {out} in {time.perf_counter() - t0:.1f}s (builtins only)")
+    if (Path(a.model_dir) / PREPROCESSOR_FILE).exists():
+        write_sidecar(out, Path(a.model_dir) / PREPROCESSOR_FILE)
+    x = ds.test.x[: a.parity_rows]
+    atol = 1e-4 if a.quantize == "none" else float("inf")
+    diff = check_parity(tm.model, out, x, atol=atol)
+    print(f"parity vs Keras on {len(x)} test rows: max abs diff {diff:.2e}"
+          + ("" if a.quantize == "none" else " (quantised: reported, not enforced)"))
+    print(size_breakdown(out).to_text())
+    print("artefact bytes:", artefact_bytes(out))
+    if not a.no_latency:
+        lat = measure_latency({"model": out}, ds.test.x, batch_sizes=(1, 256), min_seconds=1.0)
+        for b, v in lat["model"].items():
+            print(f"latency batch {b}: median {v['median_us']:.1f} us (num_threads=1)")
+    return 0
+
+
+def cmd_score(a) -> int:
+    from keras_ctr_compress.scoring import score_tflite
+
+    res = score_tflite(a.tflite, a.data, split=a.split, seed=a.split_seed)
+    print(f"rows {res['rows']}  AUC {res['auc']:.6f}  logloss {res['logloss']:.6f}")
+    return 0
+
+
+def cmd_bench(a) -> int:
+    from keras_ctr_compress.bench import method_names, render_table, run_benchmark
+    from keras_ctr_compress.models import TrainConfig
+
+    if a.list:
+        from keras_ctr_compress.bench import get_method
+
+        for name in method_names():
+            print(f"{name:16s} {get_method(name).description}")
+        return 0
+    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    rec = run_benchmark(a.dataset, model=a.model, methods=methods, seeds=a.seeds, json_out=a.json,
+                        quick=a.quick, workdir=a.workdir,
+                        train_config=TrainConfig(epochs=a.epochs, verbose=0), log=_log)
+    print(render_table(rec))
+    print(f"record written to {a.json}")
+    return 0
+
+
+def cmd_demo(a) -> int:
+    from keras_ctr_compress.demo import run_demo
+
+    run_demo(out=a.out, data=a.data, epochs=a.epochs, quick=a.quick, log=_log)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "export": cmd_export, "score": cmd_score, "bench": cmd_bench,
+            "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_tensorflow()
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        _log("kcc: interrupted")
+        return 130
+    except (ValueError, FileNotFoundError, OSError, json.JSONDecodeError) as e:
+        if args.debug:
+            raise
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        _log(f"kcc {args.command}: error: {msg}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

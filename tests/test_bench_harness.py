@@ -1,0 +1,106 @@
+"""The benchmark harness itself: registry, record schema, summary tables."""
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from keras_ctr_compress.bench import (
+    Candidate,
+    add_method,
+    get_method,
+    load_record,
+    method_names,
+    render_table,
+    save_record,
+    summarize,
+    validate_record,
+)
+
+FIXTURE = Path(__file__).parent / "fixtures" / "record_small.json"
+
+
+def _fixture():
+    return json.loads(FIXTURE.read_text())
+
+
+def test_builtin_methods_registered():
+    assert {"fp32", "drq"} <= set(method_names())
+    assert "dynamic-range" in get_method("drq").description
+
+
+def test_registering_twice_is_an_error():
+    with pytest.raises(ValueError, match="already registered"):
+        add_method("fp32", lambda ctx: Candidate(tflite_path=Path("x")), description="dup")
+
+
+def test_unknown_method_is_an_error_listing_known_ones():
+    with pytest.raises(ValueError, match=r"unknown benchmark method 'nope'.*fp32"):
+        get_method("nope")
+
+
+@pytest.mark.parametrize("bad", ["", "a b", "a,b"])
+def test_bad_method_names(bad):
+    with pytest.raises(ValueError, match="invalid benchmark method name"):
+        add_method(bad, lambda ctx: None, description="x")
+
+
+def test_fixture_validates_and_summarizes():
+    rec = _fixture()
+    validate_record(rec)
+    s = {r["method"]: r for r in summarize(rec)}
+    assert s["fp32"]["auc_mean"] == pytest.approx(0.91)
+    assert s["fp32"]["auc_std"] == pytest.approx(0.0141421, rel=1e-4)
+    assert s["drq"]["bytes_ratio"] == pytest.approx(0.3)
+    # ratio of medians of the same run: drq b1 median 6, fp32 median 11
+    assert s["drq"]["lat_b1_ratio"] == pytest.approx(6 / 11)
+    assert s["drq"]["lat_b256_ratio"] == pytest.approx(90 / 110)
+
+
+def test_table_from_fixture():
+    table = render_table(_fixture())
+    lines = table.splitlines()
+    assert lines[0].startswith("| model | method | AUC")
+    assert len(lines) == 4
+    assert "| deepfm | drq | 0.9000 ± 0.0141 (n=2) | 0.3000 | 300 | 0.300 | 0.55 | 0.82 |" in table
+
+
+@pytest.mark.parametrize(
+    "mutate, msg",
+    [
+        (lambda r: r.update(schema=2), "schema must be 1"),
+        (lambda r: r.pop("dataset"), "dataset"),
+        (lambda r: r["split"].update(test="x"), "split.test"),
+        (lambda r: r["results"][0].update(test_auc="high"), r"results\[0\].test_auc"),
+        (lambda r: r["results"][1].pop("tflite_bytes"), r"results\[1\].tflite_bytes"),
+        (lambda r: [x.update(method="other") for x in r["results"]], "no fp32 reference row"),
+    ],
+)
+def test_invalid_records_are_rejected(mutate, msg):
+    rec = copy.deepcopy(_fixture())
+    mutate(rec)
+    with pytest.raises(ValueError, match=msg):
+        validate_record(rec)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    path = tmp_path / "r.json"
+    save_record(_fixture(), path)
+    assert load_record(path) == _fixture()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
+
+
+def test_load_corrupted_record(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text('{"schema": 1, "dataset": ')
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_record(path)
+
+
+def test_invalid_record_is_not_written(tmp_path):
+    rec = _fixture()
+    rec["schema"] = 3
+    with pytest.raises(ValueError):
+        save_record(rec, tmp_path / "r.json")
+    assert list(tmp_path.iterdir()) == []
