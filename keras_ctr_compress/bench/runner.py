@@ -115,7 +115,7 @@ def run_benchmark(
             fp32_path = workdir / f"seed{seed}" / "fp32.tflite"
             export_litert(fp32, fp32_path)
             ctx = MethodContext(ds, model, seed, fp32, fp32_path, workdir, quick, train_config,
-                                extra={"fp32_summary": summary})
+                                extra={"fp32_summary": summary, "model_kwargs": model_kwargs})
             for i, method in enumerate(method_objs):
                 log(f"[bench] seed {seed}: method {i + 1}/{len(method_objs)} {method.name} "
                     f"({time.perf_counter() - t_start:.0f}s elapsed)")

@@ -1,6 +1,14 @@
 """Keras layers of keras-ctr-compress (one layer per module, all registered serializable)."""
 
 from keras_ctr_compress.layers.field_pair_interaction import FieldPairInteraction, all_pairs
+from keras_ctr_compress.layers.hashed_embedding import HashedEmbedding
+from keras_ctr_compress.layers.qr_embedding import QREmbedding
 from keras_ctr_compress.layers.split_fields import SplitFields
 
-__all__ = ["FieldPairInteraction", "SplitFields", "all_pairs"]
+__all__ = [
+    "FieldPairInteraction",
+    "HashedEmbedding",
+    "QREmbedding",
+    "SplitFields",
+    "all_pairs",
+]
