@@ -18,8 +18,9 @@ OTHER = "other"
 # scales are stored as their int16 bit pattern (GATHER has no fp16 kernel).
 _SCALE_DTYPES = {"int16", "float16", "bfloat16"}
 _TOKEN_SPLIT = re.compile(r"[/;:_.\-\s]+")
-_EMBEDDING_TOKEN = re.compile(r"^emb(ed|edding|eddings)?\d*$")
-_DENSE_TOKENS = {"dense", "kernel", "bias", "lowrank", "rank", "fc", "mlp", "linear", "cross", "fullyconnected"}
+# "lin" is the reference models' first-order table of each field (an embedding of dim 1).
+_EMBEDDING_TOKEN = re.compile(r"^(emb(ed|edding|eddings)?|lin)\d*$")
+_DENSE_TOKENS = {"dense", "kernel", "bias", "lowrank", "rank", "fc", "mlp", "linear", "cross", "fullyconnected", "dnn"}
 
 
 @dataclass(frozen=True)
