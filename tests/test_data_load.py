@@ -24,7 +24,7 @@ CAT = [f"C{k}" for k in range(1, 27)]
 def criteo_file(path, n=600, seed=0, bad_lines=()):
     rng = np.random.default_rng(seed)
     lines = []
-    for k in range(n):
+    for _ in range(n):
         nums = [str(int(v)) if v >= 0 else "" for v in rng.integers(-3, 50, size=13)]
         cats = [f"{int(v):08x}" for v in rng.zipf(1.5, size=26) % 1000]
         lines.append("\t".join([str(int(rng.random() < 0.3)), *nums, *cats]))
