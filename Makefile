@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/kcc demo --out runs/demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist load $(PYTEST_ARGS)
 
 # The full benchmark on frappe (about an hour on 2 cores); records go to benchmarks/results/.
 bench: $(STAMP)
