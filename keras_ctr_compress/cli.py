@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default=None, help="keep candidate files here")
     p.add_argument("--list", action="store_true", help="list the registered methods and exit")
 
+    p = sub.add_parser("report", help="render benchmark records into tables and plots")
+    p.add_argument("--results", default="benchmarks/results", help="folder of JSON records")
+    p.add_argument("--readme", default=None, help="also refresh the results block of this README")
+    p.add_argument("--headline", default=None, help="record name (stem) for the README block")
+
     p = sub.add_parser("demo", help="the main job on built-in synthetic data")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--data", default=DEFAULT_DEMO_DATA)
@@ -83,7 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_train(a) -> int:
     from keras_ctr_compress.artifacts import save_trained
     from keras_ctr_compress.data import load_dataset
-    from keras_ctr_compress.models import ModelConfig, TrainConfig, build_model, evaluate, train_model
+    from keras_ctr_compress.models import (
+        ModelConfig,
+        TrainConfig,
+        build_model,
+        evaluate,
+        train_model,
+    )
 
     ds = load_dataset(a.data, seed=a.split_seed)
     _log(f"[train] {ds.name}: {ds.split_sizes()} rows, {ds.num_fields} fields")
@@ -111,7 +122,12 @@ def _plain(d: dict) -> dict:
 def cmd_export(a) -> int:
     from keras_ctr_compress.artifacts import PREPROCESSOR_FILE, load_trained
     from keras_ctr_compress.data import load_dataset
-    from keras_ctr_compress.export import check_parity, export_litert, measure_latency, size_breakdown
+    from keras_ctr_compress.export import (
+        check_parity,
+        export_litert,
+        measure_latency,
+        size_breakdown,
+    )
     from keras_ctr_compress.scoring import artefact_bytes, write_sidecar
 
     tm = load_trained(a.model_dir)
@@ -165,6 +181,14 @@ def cmd_bench(a) -> int:
     return 0
 
 
+def cmd_report(a) -> int:
+    from keras_ctr_compress.bench.report import write_results_readme
+
+    out = write_results_readme(a.results, a.readme, a.headline)
+    print(f"wrote {out}" + (f" and refreshed {a.readme}" if a.readme else ""))
+    return 0
+
+
 def cmd_demo(a) -> int:
     from keras_ctr_compress.demo import run_demo
 
@@ -173,7 +197,7 @@ def cmd_demo(a) -> int:
 
 
 COMMANDS = {"train": cmd_train, "export": cmd_export, "score": cmd_score, "bench": cmd_bench,
-            "demo": cmd_demo}
+            "demo": cmd_demo, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -104,3 +104,26 @@ def test_invalid_record_is_not_written(tmp_path):
     with pytest.raises(ValueError):
         save_record(rec, tmp_path / "r.json")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_pareto_front_hand_made():
+    from keras_ctr_compress.bench.report import pareto_front
+
+    pts = [(1, 5), (2, 3), (3, 4), (4, 1), (2, 3.5)]
+    assert pareto_front(pts) == [0, 1, 3]
+
+
+def test_report_from_fixture(tmp_path):
+    from keras_ctr_compress.bench.report import END, START, write_results_readme
+
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "fixture.json").write_text(FIXTURE.read_text())
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{START}\nold\n{END}\noutro\n")
+    out = write_results_readme(results, readme)
+    text = out.read_text()
+    assert "## fixture / ?" in text and "| deepfm | drq |" in text
+    assert (results / "fixture.png").stat().st_size > 1000
+    new = readme.read_text()
+    assert "old" not in new and "| deepfm | fp32 |" in new and new.startswith("intro") and new.endswith("outro\n")

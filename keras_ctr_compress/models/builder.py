@@ -119,7 +119,7 @@ def build_model(
             embeddings_initializer=keras.initializers.RandomNormal(stddev=0.01),
             name=f"emb_{safe_name(f.name)}",
         )(c)
-        for f, c in zip(fields, cols)
+        for f, c in zip(fields, cols, strict=True)
     ]
     flat = keras.layers.Concatenate(axis=1, name="emb_concat")(embs)
     logits = []
@@ -128,7 +128,7 @@ def build_model(
             keras.layers.Embedding(
                 f.vocab_size, 1, embeddings_initializer="zeros", name=f"lin_{safe_name(f.name)}"
             )(c)
-            for f, c in zip(fields, cols)
+            for f, c in zip(fields, cols, strict=True)
         ]
         logits.append(keras.layers.Add(name="linear")(lin))
     if cfg.name in _HAS_PAIRS:
