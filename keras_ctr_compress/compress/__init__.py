@@ -1,1 +1,26 @@
 """keras_ctr_compress.compress"""
+
+# `finetune` and `low_rank` shadow their modules' names on purpose: `compress.low_rank(model, ...)`.
+from keras_ctr_compress.compress.field_importance import FieldPruningReport as FieldPruningReport
+from keras_ctr_compress.compress.field_importance import drop_fields as drop_fields
+from keras_ctr_compress.compress.field_importance import field_importance as field_importance
+from keras_ctr_compress.compress.field_importance import model_field_names as model_field_names
+from keras_ctr_compress.compress.field_importance import prune_fields as prune_fields
+from keras_ctr_compress.compress.field_importance import select_fields as select_fields
+from keras_ctr_compress.compress.finetune import finetune as finetune
+from keras_ctr_compress.compress.low_rank import LowRankReport as LowRankReport
+from keras_ctr_compress.compress.low_rank import compress_low_rank as compress_low_rank
+from keras_ctr_compress.compress.low_rank import (
+    fold_embedding_projections as fold_embedding_projections,
+)
+from keras_ctr_compress.compress.low_rank import low_rank as low_rank
+from keras_ctr_compress.compress.low_rank import uniform_ranks as uniform_ranks
+from keras_ctr_compress.compress.pruning import DeepLightPruning as DeepLightPruning
+from keras_ctr_compress.compress.pruning import KeepSparsity as KeepSparsity
+from keras_ctr_compress.compress.pruning import StructuredPruning as StructuredPruning
+from keras_ctr_compress.compress.pruning import deeplight_sparsity as deeplight_sparsity
+from keras_ctr_compress.compress.pruning import prune_deeplight as prune_deeplight
+from keras_ctr_compress.compress.pruning import rebuild_model as rebuild_model
+from keras_ctr_compress.compress.pruning import sparsity_file_savings as sparsity_file_savings
+from keras_ctr_compress.compress.pruning import sparsity_report as sparsity_report
+from keras_ctr_compress.compress.pruning import strip_pruning as strip_pruning

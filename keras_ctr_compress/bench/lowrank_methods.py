@@ -1,0 +1,61 @@
+"""Benchmark methods of AFM low-rank compression (issue: low-rank) and its weight-SVD
+baseline, before and after fine-tuning, plus the fair ``fp32-ft`` reference (the fp32
+model given the same extra fine-tuning, so that "beats fp32" is not just more training)."""
+
+from __future__ import annotations
+
+import keras
+
+from keras_ctr_compress.bench.registry import Candidate, MethodContext, add_method
+from keras_ctr_compress.compress import compress_low_rank, finetune
+from keras_ctr_compress.export import export_litert
+
+#: (tag, Dense rank, embedding rank); the first hidden layer stays dense (as the paper).
+SETTINGS = (("d32", 32, None), ("d32-e6", 32, 6), ("d64-e4", 64, 4))
+FINETUNE = {"epochs": 5, "learning_rate": 1e-4, "patience": 1}
+
+
+def _finetune_options(ctx: MethodContext) -> dict:
+    return {**FINETUNE, "epochs": 1} if ctx.quick else dict(FINETUNE)
+
+
+def _make(method: str, dense_rank: int, emb_rank: int | None, ft: bool, name: str):
+    def run(ctx: MethodContext) -> Candidate:
+        model, info = compress_low_rank(
+            ctx.fp32_model, ctx.dataset, method=method, dense_rank=dense_rank,
+            embedding_rank=emb_rank, fold_embeddings=emb_rank is not None, finetune=ft,
+            seed=ctx.seed, finetune_options=_finetune_options(ctx),
+        )
+        path = ctx.path(f"{name}.tflite")
+        export_litert(model, path)
+        return Candidate(tflite_path=path, keras_model=model, train_seconds=info["train_seconds"],
+                         plan=info["plan"])
+
+    return run
+
+
+for _method in ("afm", "svd"):
+    for _tag, _d, _e in SETTINGS:
+        for _ft in (False, True):
+            _name = f"{_method}-{_tag}{'-ft' if _ft else ''}"
+            how = ("principal subspace of each layer's outputs on calibration data (AFM)"
+                   if _method == "afm" else "truncated SVD of the weights (baseline)")
+            add_method(
+                _name, _make(_method, _d, _e, _ft, _name),
+                description=f"low-rank: Dense rank {_d}" + (f", embedding rank {_e} (projection folded "
+                "into the first Dense)" if _e else "") + f" by the {how}"
+                + ("; then fine-tuned" if _ft else "; no fine-tuning"),
+            )
+
+
+def _fp32_ft(ctx: MethodContext) -> Candidate:
+    model = keras.models.clone_model(ctx.fp32_model)
+    model.set_weights(ctx.fp32_model.get_weights())
+    info = finetune(model, ctx.dataset.train, ctx.dataset.valid, seed=ctx.seed, **_finetune_options(ctx))
+    path = ctx.path("fp32-ft.tflite")
+    export_litert(model, path)
+    return Candidate(tflite_path=path, keras_model=model, train_seconds=info["train_seconds"])
+
+
+add_method("fp32-ft", _fp32_ft, description="the fp32 model fine-tuned with the low-rank methods' "
+           "fine-tuning schedule (the fair reference for fine-tuned rows)")
