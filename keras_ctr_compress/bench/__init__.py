@@ -1,7 +1,7 @@
 """The side-by-side benchmark harness behind ``kcc bench``."""
 
-from keras_ctr_compress.bench import methods as _builtin_methods  # noqa: F401  (registers)
 from keras_ctr_compress.bench import lowrank_methods as _lowrank  # noqa: F401  (registers)
+from keras_ctr_compress.bench import methods as _builtin_methods  # noqa: F401  (registers)
 from keras_ctr_compress.bench import peers as _peers  # noqa: F401  (registers)
 from keras_ctr_compress.bench.record import (
     load_record,
