@@ -50,6 +50,8 @@ class Candidate:
         train_seconds: time spent training / fine-tuning for this method.
         plan: the compression plan (JSON-able) or None.
         extra: further facts to record (JSON-able).
+        input_columns: the dataset columns the file takes, for field-pruned models
+            (None: all fields).
     """
 
     tflite_path: Path
@@ -57,6 +59,7 @@ class Candidate:
     train_seconds: float = 0.0
     plan: dict | None = None
     extra: dict = field(default_factory=dict)
+    input_columns: list[int] | None = None
 
 
 MethodFn = Callable[[MethodContext], Candidate]

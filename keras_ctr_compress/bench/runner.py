@@ -104,7 +104,7 @@ def run_benchmark(
         tmp = tempfile.mkdtemp(prefix="kcc-bench-")
         workdir = tmp
     workdir = Path(workdir)
-    rows, files = [], {}
+    rows, files, columns = [], {}, {}
     t_start = time.perf_counter()
     try:
         for seed in seeds:
@@ -127,12 +127,15 @@ def run_benchmark(
                 row["method_seconds"] = time.perf_counter() - t0
                 rows.append(row)
                 files[(method.name, seed)] = cand.tflite_path
+                if cand.input_columns is not None:
+                    columns[f"{method.name}@{seed}"] = cand.input_columns
                 log(f"[bench]   {method.name}: AUC {row['test_auc']:.4f}, {row['tflite_bytes']:,} B, "
                     f"parity {row['parity_max_abs']:.1e}")
             keras.backend.clear_session()
         log(f"[bench] timing {len(files)} files interleaved (batch 1 and 256)")
         lat = measure_latency({f"{m}@{s}": p for (m, s), p in files.items()},
-                              ds.test.x, batch_sizes=(1, 256), min_seconds=latency_seconds)
+                              ds.test.x, batch_sizes=(1, 256), min_seconds=latency_seconds,
+                              input_columns=columns)
         for row in rows:
             key = f"{row['method']}@{row['seed']}"
             row["latency_us_b1"] = float(lat[key][1]["median_us"])
@@ -155,11 +158,12 @@ def run_benchmark(
 
 def _score_candidate(ds: CTRDataset, cand: Candidate, method: str, model: str, seed: int,
                      fp32: keras.Model) -> dict:
+    cols = cand.input_columns if cand.input_columns is not None else list(range(ds.num_fields))
     runner = LiteRTModel(cand.tflite_path)
-    p = runner.predict(ds.test.x)
+    p = runner.predict(ds.test.x[:, cols])
     auc, ll = auc_logloss(ds.test.y, p, where=f"{method} test split")
     reference = cand.keras_model if cand.keras_model is not None else fp32
-    probe = _subsample(ds.test, PARITY_ROWS, 3).x
+    probe = _subsample(ds.test, PARITY_ROWS, 3).x[:, cols]
     # Converter-side methods (drq) are lossy by design: report their difference from
     # the fp32 Keras model; for every other method the file must equal its model.
     enforce = cand.keras_model is not None
@@ -174,4 +178,5 @@ def _score_candidate(ds: CTRDataset, cand: Candidate, method: str, model: str, s
         "parity_max_abs": float(parity), "parity_enforced": enforce,
         "train_seconds": float(cand.train_seconds), "peak_rss_mb": peak_rss_mb(),
         "plan": cand.plan, **({"extra": cand.extra} if cand.extra else {}),
+        **({"input_columns": cand.input_columns} if cand.input_columns is not None else {}),
     }

@@ -36,14 +36,16 @@ def _summary(samples_ns: Sequence[int]) -> dict[str, float]:
 
 
 def _time_batch(
-    runners: dict[str, LiteRTModel], pool: list[np.ndarray], *, warmup: int, repeats: int,
-    min_seconds: float, max_seconds: float,
+    runners: dict[str, LiteRTModel], pools: dict[str, list[np.ndarray]], *, warmup: int,
+    repeats: int, min_seconds: float, max_seconds: float,
 ) -> dict[str, list[int]]:
-    """Round-robin timing of all runners on one batch size; returns ns per invoke."""
+    """Round-robin timing of all runners on one batch size; returns ns per invoke.
+    ``pools[name][i]`` is batch ``i`` as model ``name`` takes it (same rows for all)."""
     names = list(runners)
+    n_pool = len(next(iter(pools.values())))
     for w in range(warmup):
         for name in names:
-            runners[name].set_input(pool[w % len(pool)])
+            runners[name].set_input(pools[name][w % n_pool])
             runners[name].invoke()
     samples: dict[str, list[int]] = {name: [] for name in names}
     spent = 0  # ns inside invoke, all models together
@@ -56,11 +58,10 @@ def _time_batch(
             enough = r >= repeats and spent >= min_ns
             if enough or (spent >= max_ns and r >= 3):
                 break
-            batch = pool[r % len(pool)]
             shift = r % len(names)
             for name in names[shift:] + names[:shift]:
                 runner = runners[name]
-                runner.set_input(batch)
+                runner.set_input(pools[name][r % n_pool])
                 t0 = time.perf_counter_ns()
                 runner.invoke()
                 dt = time.perf_counter_ns() - t0
@@ -84,11 +85,13 @@ def measure_latency(
     max_seconds: float = 30.0,
     num_threads: int = 1,
     seed: int = 0,
+    input_columns: Mapping[str, Sequence[int]] | None = None,
 ) -> LatencyTable:
     """Times every file at every batch size, interleaved, in this process.
 
     Args:
-        paths: name -> .tflite file (all taking the same id matrix).
+        paths: name -> .tflite file (all taking the same id matrix, or the columns of it
+            named in ``input_columns``).
         x: real id rows (n, num_fields); batches are drawn from them.
         batch_sizes: rows per invoke.
         warmup: untimed invokes per model and batch size first (XNNPACK packs weights,
@@ -99,6 +102,8 @@ def measure_latency(
             least 3 rounds) even if ``repeats`` is not reached: slow files stay bounded.
         num_threads: interpreter threads (XNNPACK is LiteRT's default delegate).
         seed: which rows of ``x`` are drawn.
+        input_columns: name -> the columns of ``x`` that model takes (field-pruned
+            models take fewer); every model sees the same rows.
 
     Returns:
         ``{name: {batch: {"median_us", "p10_us", "p90_us", "min_us", "mean_us", "n"}}}``,
@@ -115,17 +120,19 @@ def measure_latency(
             f"{repeats}, {warmup}, {min_seconds}, {max_seconds}"
         )
     runners = {name: LiteRTModel(p, num_threads=num_threads) for name, p in paths.items()}
-    xs = {name: r.validate(x) for name, r in runners.items()}
-    x = next(iter(xs.values()))
+    cols = {name: list((input_columns or {}).get(name) or range(x.shape[1])) for name in runners}
+    for name, r in runners.items():
+        r.validate(x[:, cols[name]])
     if len(x) == 0:
         raise ValueError("measure_latency needs at least one row of x")
     rng = np.random.default_rng(seed)
     out: LatencyTable = {name: {} for name in runners}
     for b in batch_sizes:
         pool = _input_pool(x, b, rng)
+        pools = {name: [np.ascontiguousarray(p[:, cols[name]]) for p in pool] for name in runners}
         for r in runners.values():
             r.prepare(b)
-        samples = _time_batch(runners, pool, warmup=warmup, repeats=repeats,
+        samples = _time_batch(runners, pools, warmup=warmup, repeats=repeats,
                               min_seconds=min_seconds, max_seconds=max_seconds)
         for name, s in samples.items():
             out[name][b] = _summary(s)
