@@ -24,3 +24,11 @@ from keras_ctr_compress.compress.pruning import rebuild_model as rebuild_model
 from keras_ctr_compress.compress.pruning import sparsity_file_savings as sparsity_file_savings
 from keras_ctr_compress.compress.pruning import sparsity_report as sparsity_report
 from keras_ctr_compress.compress.pruning import strip_pruning as strip_pruning
+from keras_ctr_compress.compress.quantize import METHOD_PRESETS as METHOD_PRESETS
+from keras_ctr_compress.compress.quantize import RowPriorityCallback as RowPriorityCallback
+from keras_ctr_compress.compress.quantize import embedding_byte_cost as embedding_byte_cost
+from keras_ctr_compress.compress.quantize import finalize_quantized as finalize_quantized
+from keras_ctr_compress.compress.quantize import quantize_and_finetune as quantize_and_finetune
+from keras_ctr_compress.compress.quantize import quantize_embeddings as quantize_embeddings
+from keras_ctr_compress.compress.quantize import uniform_bits_budget as uniform_bits_budget
+from keras_ctr_compress.compress.quantize import update_row_priorities as update_row_priorities

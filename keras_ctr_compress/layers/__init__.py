@@ -5,6 +5,8 @@ from keras_ctr_compress.layers.hashed_embedding import HashedEmbedding
 from keras_ctr_compress.layers.low_rank_dense import LowRankDense
 from keras_ctr_compress.layers.low_rank_embedding import LowRankEmbedding
 from keras_ctr_compress.layers.qr_embedding import QREmbedding
+from keras_ctr_compress.layers.quantized_embedding import QuantizedEmbedding
+from keras_ctr_compress.layers.rowwise_quant_embedding import RowwiseQuantEmbedding
 from keras_ctr_compress.layers.split_fields import SplitFields
 
 __all__ = [
@@ -13,6 +15,8 @@ __all__ = [
     "LowRankDense",
     "LowRankEmbedding",
     "QREmbedding",
+    "QuantizedEmbedding",
+    "RowwiseQuantEmbedding",
     "SplitFields",
     "all_pairs",
 ]
