@@ -72,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default=None, help="keep candidate files here")
     p.add_argument("--list", action="store_true", help="list the registered methods and exit")
 
+    p = sub.add_parser("memory", help="peak training memory of an fp32 vs an int8-stored (lpt) table, "
+                       "each configuration in its own process")
+    p.add_argument("--rows", type=int, default=10_000_000)
+    p.add_argument("--dim", type=int, default=16)
+    p.add_argument("--configs", default="fp32-adam,lpt-adagrad,lpt-sgd")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--json", required=True, help="the record to write")
+
     p = sub.add_parser("report", help="render benchmark records into tables and plots")
     p.add_argument("--results", default="benchmarks/results", help="folder of JSON records")
     p.add_argument("--readme", default=None, help="also refresh the results block of this README")
@@ -181,6 +189,20 @@ def cmd_bench(a) -> int:
     return 0
 
 
+def cmd_memory(a) -> int:
+    from keras_ctr_compress.bench.memory import run_memory_benchmark, write_record
+
+    configs = [c.strip() for c in a.configs.split(",") if c.strip()]
+    rec = run_memory_benchmark(a.rows, a.dim, configs, steps=a.steps, log=_log)
+    rec["command"] = (f"kcc memory --rows {a.rows} --dim {a.dim} --configs {','.join(configs)} "
+                      f"--steps {a.steps} --json {a.json}")
+    write_record(rec, a.json)
+    for c, ratio in rec["fp32_share_over"].items():
+        print(f"fp32-adam table share / {c}: {ratio:.2f}x")
+    print(f"record written to {a.json}")
+    return 0
+
+
 def cmd_report(a) -> int:
     from keras_ctr_compress.bench.report import write_results_readme
 
@@ -197,7 +219,7 @@ def cmd_demo(a) -> int:
 
 
 COMMANDS = {"train": cmd_train, "export": cmd_export, "score": cmd_score, "bench": cmd_bench,
-            "demo": cmd_demo, "report": cmd_report}
+            "demo": cmd_demo, "report": cmd_report, "memory": cmd_memory}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,3 +22,26 @@ def test_run_benchmark_with_field_pruning(tmp_path):
     assert shark["tflite_bytes"] < rows["fp32"]["tflite_bytes"]
     assert not rows["drq"]["parity_enforced"]
     assert rec["machine"]["cores"] >= 1 and rec["machine"]["tensorflow"].startswith("2.")
+
+
+def test_run_benchmark_quantised_embeddings(tmp_path):
+    rec = run_benchmark(TINY, model="deepfm", methods=["alpt-4", "lpt-sr-2", "rowwise", "drq"], seeds=[0],
+                        json_out=tmp_path / "q.json", quick=True, train_config=TrainConfig(epochs=1, verbose=0),
+                        model_kwargs={"mlp": (16,), "embedding_dim": 6}, latency_seconds=0.05,
+                        log=lambda s: None)
+    rows = {r["method"]: r for r in rec["results"]}
+    fp32_emb = rows["fp32"]["size_by_category"]["embedding_tables"]
+    for name in ("alpt-4", "lpt-sr-2", "rowwise"):
+        row = rows[name]
+        extra = row["extra"]
+        # exact where defined (quantised tables + float MLP), reported for the DRQ'd file
+        assert extra["quantized_parity_max_abs"] <= 1e-5 and not row["parity_enforced"]
+        analytic = sum(extra["quantized_tables_analytic_bytes"].values())
+        in_file = sum(v for k, v in extra["quantized_tables_file_bytes"].items() if k != "other")
+        assert abs(in_file - analytic) <= 0.02 * analytic
+        assert row["tflite_bytes"] < rows["drq"]["tflite_bytes"] < rows["fp32"]["tflite_bytes"]
+        assert row["plan"]["method"] == {"alpt-4": "alpt", "lpt-sr-2": "lpt-sr", "rowwise": "rowwise"}[name]
+    # int4 codes of dim-6 rows: 3 bytes a row instead of 24
+    assert rows["alpt-4"]["size_by_category"]["embedding_tables"] < fp32_emb / 4
+    assert rows["rowwise"]["size_by_category"]["embedding_remap"] > 0
+    assert sum(rows["rowwise"]["extra"]["rows_per_tier"]["emb_c0"]) > 0

@@ -195,9 +195,34 @@ def test_int8_custom_table_exports_exactly(out_dir, x1000):
     assert by_dtype["int16"].category == EMBEDDING_SCALES and by_dtype["int16"].bytes == max(VOCAB) * 2
 
 
-def test_drq_refused_on_custom_quantised_model(tmp_path):
-    with pytest.raises(ExportError, match="must not be stacked"):
-        export_litert(int8_model(), tmp_path / "m.tflite", quantization="drq")
+def test_drq_stacks_on_integer_codes_and_leaves_them_exact(out_dir, x1000):
+    # The table's codes and fp16-bit scales are integers: DRQ only quantises the head.
+    m = int8_model()
+    plain = export_litert(m, out_dir / "int8_plain.tflite")
+    path = export_litert(m, out_dir / "int8_drq.tflite", quantization="drq")
+    tables = lambda p: sorted((t.dtype, t.bytes) for t in size_breakdown(p).tensors  # noqa: E731
+                              if t.layer == "rowwise_embedding")
+    assert tables(path) == tables(plain)
+    assert 0 < check_parity(m, path, x1000, atol=float("inf")) < 0.05
+
+
+class _CodesWithFloatTable(keras.layers.Layer):
+    def build(self, input_shape):
+        self.codes = self.add_weight(shape=(64, 4), dtype="int8", trainable=False, initializer="zeros",
+                                     name="codes")
+        self.fp_rows = self.add_weight(shape=(512, 4), initializer="ones", name="fp_rows")
+
+    def call(self, ids):
+        codes = keras.ops.cast(keras.ops.take(self.codes, ids % 64, axis=0), "float32")
+        return codes + keras.ops.take(self.fp_rows, ids % 512, axis=0)
+
+
+def test_drq_refused_where_it_would_requantise_a_quantised_layer(tmp_path):
+    ids = keras.Input((F,), dtype="int32", name="ids")
+    e = _CodesWithFloatTable(name="mixed_table")(ids)
+    m = keras.Model(ids, _head(keras.layers.Flatten()(e)))
+    with pytest.raises(ExportError, match="mixed_table.*fp_rows.*must not be stacked"):
+        export_litert(m, tmp_path / "m.tflite", quantization="drq")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -5,8 +5,13 @@ import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 
-from keras_ctr_compress.compress.quantize import EMBEDDING_REMAP, size_category
-from keras_ctr_compress.export import assert_builtins_only, export_litert, list_ops, size_breakdown
+from keras_ctr_compress.export import (
+    EMBEDDING_REMAP,
+    assert_builtins_only,
+    export_litert,
+    list_ops,
+    size_breakdown,
+)
 from keras_ctr_compress.layers import QuantizedEmbedding, RowwiseQuantEmbedding, SplitFields
 
 BIG_ROWS, BIG_DIM = 20_000, 16
@@ -97,7 +102,7 @@ def test_embedding_bytes_in_file_match_analytic(exported, name, bits):
 
 def test_size_breakdown_tells_remap_codes_and_scales_apart(exported):
     model, _, path = exported
-    report = size_breakdown(path, categorize=size_category)
+    report = size_breakdown(path)
     tiers = model.get_layer("emb_tiers").byte_cost()
     pruned = model.get_layer("emb_pruned").byte_cost()
     assert report.by_category[EMBEDDING_REMAP] == tiers["remap"] + pruned["remap"] == 2 * 300 * 2

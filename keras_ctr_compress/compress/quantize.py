@@ -35,7 +35,6 @@ from keras_ctr_compress.layers.quantized_embedding import (
 from keras_ctr_compress.layers.rowwise_quant_embedding import RowwiseQuantEmbedding
 
 METHODS = ("qat", "lpt", "rowwise")
-EMBEDDING_REMAP = "embedding_remap"
 
 #: Benchmark method name -> (``quantize_embeddings`` method, layer options). The four
 #: ALPT rows of the paper's comparison: QAT with a fixed step, LPT with deterministic
@@ -235,24 +234,6 @@ def embedding_byte_cost(model: keras.Model) -> dict[str, int]:
             parts["weights"] += 4 * layer.input_dim * layer.output_dim
     parts["total"] = sum(parts.values())
     return parts
-
-
-def size_category(t) -> str:
-    """``size_breakdown`` categoriser that tells index remaps apart.
-
-    Like ``keras_ctr_compress.export.default_category``, except that a tensor inside a
-    ``remap`` name scope (``RowwiseQuantEmbedding``'s id -> row remap) is
-    ``"embedding_remap"`` and a ``fp16_rows`` one (its fp16 tier, int16 bits) is an
-    embedding table, not a scale.
-    """
-    from keras_ctr_compress.export import EMBEDDING_TABLES, default_category
-
-    scopes = t.name.split(";")[0].split("/")
-    if "remap" in scopes:
-        return EMBEDDING_REMAP
-    if "fp16_rows" in scopes:
-        return EMBEDDING_TABLES
-    return default_category(t)
 
 
 # ---------------------------------------------------------------------------- row priorities

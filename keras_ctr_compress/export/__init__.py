@@ -18,6 +18,7 @@ from keras_ctr_compress.export.parity import ParityError, check_parity, keras_pr
 from keras_ctr_compress.export.runner import LiteRTModel
 from keras_ctr_compress.export.size import (
     DENSE_WEIGHTS,
+    EMBEDDING_REMAP,
     EMBEDDING_SCALES,
     EMBEDDING_TABLES,
     OTHER,
@@ -30,6 +31,7 @@ from keras_ctr_compress.export.size import (
 
 __all__ = [
     "DENSE_WEIGHTS",
+    "EMBEDDING_REMAP",
     "EMBEDDING_SCALES",
     "EMBEDDING_TABLES",
     "OTHER",

@@ -126,16 +126,41 @@ def _check_model(model: Any, quantization: str | None) -> None:
     if not model.built:
         raise ExportError(f"model {model.name!r} is not built; call it once or build it before export")
     if quantization == "drq":
-        # shared/litert.md: dynamic-range quantisation on top of custom-quantised
-        # tables re-quantises their (float) scales and adds error; integer weights
-        # are how this project's quantised layers store their codes.
-        quantized = sorted({w.path for w in model.weights if str(w.dtype) in _CODE_DTYPES})
-        if quantized:
+        _check_drq_stackable(model)
+
+
+#: The converter's dynamic-range pass only quantises float constants with at least
+#: this many elements (TFLite's ``kWeightsMinNumElementsDefault``).
+DRQ_MIN_ELEMENTS = 1024
+
+
+def _check_drq_stackable(model: keras.Model) -> None:
+    """Refuses DRQ where it would touch a custom-quantised layer.
+
+    shared/litert.md: dynamic-range quantisation re-quantises the float scale vectors of
+    custom-quantised tables and adds error. This project's quantised layers keep codes
+    and per-row scales as integer weights (untouched by DRQ); a float weight of such a
+    layer (a per-table step, a fp16-tier table kept as float) is safe only while it is
+    below the size DRQ quantises. Then DRQ quantises only the other layers (the MLP).
+    """
+    for layer in _leaf_layers(model):
+        weights = list(getattr(layer, "weights", []))
+        if not any(str(w.dtype) in _CODE_DTYPES for w in weights):
+            continue
+        big = [w.path for w in weights
+               if str(w.dtype) not in _CODE_DTYPES and int(np.prod(w.shape)) >= DRQ_MIN_ELEMENTS]
+        if big:
             raise ExportError(
-                f"model {model.name!r} already holds integer (custom-quantised) weights "
-                f"{quantized[:4]}{' ...' if len(quantized) > 4 else ''}; dynamic-range quantisation "
-                "must not be stacked on it: export it with quantization=None"
+                f"model {model.name!r}: layer {layer.name!r} holds integer (custom-quantised) codes "
+                f"and float weights {big[:4]} that dynamic-range quantisation would re-quantise; "
+                "DRQ must not be stacked on them: export with quantization=None"
             )
+
+
+def _leaf_layers(model: keras.Model) -> list:
+    """Layers without sub-layers (where weights live), however deeply nested."""
+    layers = model._flatten_layers(include_self=False, recursive=True)
+    return [layer for layer in layers if not list(layer._flatten_layers(include_self=False, recursive=False))]
 
 
 def _smoke_run(path: Path) -> tuple[list[str], list[np.ndarray]]:

@@ -11,6 +11,7 @@ from keras_ctr_compress.export import _flatbuffer as fb
 
 EMBEDDING_TABLES = "embedding_tables"
 EMBEDDING_SCALES = "embedding_scales"
+EMBEDDING_REMAP = "embedding_remap"
 DENSE_WEIGHTS = "dense_weights"
 OTHER = "other"
 
@@ -85,11 +86,13 @@ def default_category(t: TensorBytes) -> str:
 
     * ``other``: int32 / int64 / bool constants of at most 64 bytes (slice bounds,
       shapes) wherever they are, and whatever no rule below claims.
-    * ``embedding_scales``: in an embedding-like layer (a scope token ``emb*`` or
-      containing ``embedding``), an int16 / fp16 tensor (fp16 scales are stored as
-      int16 bits) or a float tensor of rank <= 1.
+    * ``embedding_remap``: in an embedding-like layer (a scope token ``emb*`` or
+      containing ``embedding``), a tensor under a ``remap`` scope (the row -> tier
+      position index of row-wise mixed precision).
+    * ``embedding_scales``: in an embedding-like layer, an int16 / fp16 tensor of rank
+      <= 1 (fp16 scales are stored as int16 bits) or a float tensor of rank <= 1.
     * ``embedding_tables``: any other tensor of an embedding-like layer (float tables,
-      int8 / packed int4 / int2 codes, row remaps).
+      int8 / packed int4 / int2 codes, fp16 rows stored as int16 bits).
     * ``dense_weights``: tensors of layers whose scope says dense / kernel / bias /
       low-rank / mlp / cross, and float or int8 tensors of rank >= 2 elsewhere.
     """
@@ -97,7 +100,9 @@ def default_category(t: TensorBytes) -> str:
         return OTHER
     kind = _layer_kind(t.name)
     if kind == "embedding":
-        if t.dtype in _SCALE_DTYPES or (t.dtype.startswith("float") and len(t.shape) <= 1):
+        if any("remap" in _tokens(scope) for scope in _scopes(t.name)):
+            return EMBEDDING_REMAP
+        if len(t.shape) <= 1 and (t.dtype in _SCALE_DTYPES or t.dtype.startswith("float")):
             return EMBEDDING_SCALES
         return EMBEDDING_TABLES
     if kind == "dense":
