@@ -39,9 +39,14 @@ def test_run_benchmark_quantised_embeddings(tmp_path):
         analytic = sum(extra["quantized_tables_analytic_bytes"].values())
         in_file = sum(v for k, v in extra["quantized_tables_file_bytes"].items() if k != "other")
         assert abs(in_file - analytic) <= 0.02 * analytic
-        assert row["tflite_bytes"] < rows["drq"]["tflite_bytes"] < rows["fp32"]["tflite_bytes"]
+        # At this size the flatbuffer's per-tensor structure (names, shapes, the unpacking
+        # ops of every table) outweighs the tables, so whole files are compared on frappe
+        # (the committed record); here the quantised tables themselves must be small.
+        assert in_file < fp32_emb / 2
+        assert rows["drq"]["tflite_bytes"] < rows["fp32"]["tflite_bytes"]
         assert row["plan"]["method"] == {"alpt-4": "alpt", "lpt-sr-2": "lpt-sr", "rowwise": "rowwise"}[name]
-    # int4 codes of dim-6 rows: 3 bytes a row instead of 24
-    assert rows["alpt-4"]["size_by_category"]["embedding_tables"] < fp32_emb / 4
+    # int4 codes of dim-6 rows: 3 bytes a row instead of 24 (fp32_emb also holds the
+    # float first-order tables, so 1/8 of it bounds the codes from above)
+    assert rows["alpt-4"]["extra"]["quantized_tables_file_bytes"]["embedding_tables"] < fp32_emb / 8
     assert rows["rowwise"]["size_by_category"]["embedding_remap"] > 0
     assert sum(rows["rowwise"]["extra"]["rows_per_tier"]["emb_c0"]) > 0
