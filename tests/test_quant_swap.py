@@ -168,3 +168,17 @@ def test_quantize_and_finetune_chain(trained):
         layer = final.get_layer(name)
         assert sum(layer.byte_cost().values()) <= uniform_bits_budget(4)(layer)
     assert info["tier_history"] and info["embedding_bytes"]["remap"] == 2 * sum(VOCABS)
+
+
+def test_swap_in_a_model_with_slicing_ops():
+    # ``ids[:, 0]`` makes an operation node (no layer, no weights) in the functional graph.
+    ids = keras.Input((3,), dtype="int32", name="ids")
+    a = keras.layers.Embedding(50, 4, name="emb_a")(ids[:, 0])
+    b = keras.layers.Embedding(60, 4, name="emb_b")(ids[:, 1])
+    h = keras.layers.Concatenate()([a, b])
+    m = keras.Model(ids, keras.layers.Dense(1, activation="sigmoid", name="head")(h))
+    x = np.random.default_rng(0).integers(0, 50, (64, 3)).astype("int32")
+    q = quantize_embeddings(m, method="qat", bits=8)
+    assert isinstance(q.get_layer("emb_a"), QuantizedEmbedding)
+    np.testing.assert_allclose(q.get_layer("head").get_weights()[0], m.get_layer("head").get_weights()[0])
+    assert np.abs(q.predict(x, verbose=0) - m.predict(x, verbose=0)).max() < 1e-3

@@ -65,5 +65,7 @@ class _CopyWeights:
         self.old, self.new = old, new
 
     def copy(self):
-        if self.old.weights:
+        # Operation nodes of a functional graph (``x[:, 0]``, ``keras.ops.*`` calls)
+        # are cloned too but hold no weights (and have no ``weights`` attribute).
+        if getattr(self.old, "weights", None):
             self.new.set_weights(self.old.get_weights())
