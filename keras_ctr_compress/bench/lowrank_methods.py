@@ -11,7 +11,8 @@ from keras_ctr_compress.compress import compress_low_rank, finetune
 from keras_ctr_compress.export import export_litert
 
 #: (tag, Dense rank, embedding rank); the first hidden layer stays dense (as the paper).
-SETTINGS = (("d32", 32, None), ("d32-e6", 32, 6), ("d64-e4", 64, 4))
+SETTINGS = (("d8", 8, None), ("d16", 16, None), ("d16-e6", 16, 6), ("d32", 32, None), ("d32-e6", 32, 6),
+            ("d64-e4", 64, 4))
 FINETUNE = {"epochs": 5, "learning_rate": 1e-4, "patience": 1}
 
 
