@@ -57,7 +57,7 @@ def finetune(
     initial_auc = evaluate(model, valid, where="validation split")["auc"]
     initial_weights = model.get_weights()
     config = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                         patience=patience, seed=seed, verbose=verbose)
+                         patience=patience, seed=seed, verbose=verbose, lr_decays=0)
     summary = train_model(model, train, valid, config)
     best_epoch, best_auc = summary["best_epoch"], summary["best_val_auc"]
     if not best_auc > initial_auc:

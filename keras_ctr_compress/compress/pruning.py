@@ -1101,7 +1101,7 @@ def prune_deeplight(
         from keras_ctr_compress.models.training import TrainConfig
 
         cfg = TrainConfig(epochs=finetune_epochs, batch_size=batch_size, learning_rate=finetune_learning_rate,
-                          patience=1, seed=seed, verbose=verbose)
+                          patience=1, seed=seed, verbose=verbose, lr_decays=0)
         before = stripped.get_weights()
         summary = train_model(stripped, data.train, data.valid, cfg, callbacks=[KeepSparsity(), *callbacks])
         report["val_auc_finetuned"] = summary["best_val_auc"]

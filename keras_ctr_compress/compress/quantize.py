@@ -381,7 +381,7 @@ def quantize_and_finetune(
     initial_auc = evaluate(qmodel, valid, where="validation split")["auc"]
     initial_weights = qmodel.get_weights()
     config = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                         patience=patience, seed=seed, verbose=verbose)
+                         patience=patience, seed=seed, verbose=verbose, lr_decays=0)
     summary = train_model(qmodel, train, valid, config, callbacks=callbacks)
     best_epoch, best_auc = summary["best_epoch"], summary["best_val_auc"]
     if not best_auc > initial_auc:
