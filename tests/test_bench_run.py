@@ -22,6 +22,22 @@ def test_run_benchmark_with_field_pruning(tmp_path):
     assert shark["tflite_bytes"] < rows["fp32"]["tflite_bytes"]
     assert not rows["drq"]["parity_enforced"]
     assert rec["machine"]["cores"] >= 1 and rec["machine"]["tensorflow"].startswith("2.")
+    agreement = shark["extra"]["importance"]
+    assert set(agreement["scores"]) == {"taylor", "permutation", "norm"}
+    assert -1.0 <= agreement["spearman_taylor_vs_permutation"] <= 1.0
+
+
+def test_field_pruning_baselines(tmp_path):
+    rec = run_benchmark(TINY, model="deepfm", methods=["shark-fields-norm", "shark-fields-random"],
+                        seeds=[0], quick=True, train_config=TrainConfig(epochs=1, verbose=0),
+                        model_kwargs={"mlp": (8,), "embedding_dim": 4}, latency_seconds=0.02,
+                        log=lambda s: None)
+    rows = {r["method"]: r for r in rec["results"]}
+    assert len(rows["shark-fields-norm"]["input_columns"]) == 4
+    draws = rows["shark-fields-random"]["extra"]["random_draws"]
+    assert len(draws) == 5 and len({tuple(d["kept_fields"]) for d in draws}) > 1
+    # the shipped file is draw 1: its LiteRT AUC equals that draw's Keras AUC
+    assert abs(rows["shark-fields-random"]["test_auc"] - draws[0]["test_auc"]) < 1e-4
 
 
 def test_run_benchmark_quantised_embeddings(tmp_path):
