@@ -18,15 +18,27 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The tfmot-prune peer's own environment: TFMOT needs tf_keras (Keras 2), which pulls
+# the full tensorflow wheel; kept out of .venv so the library never sees Keras 2.
+TFMOT_VENV  := .venv-tfmot
+TFMOT_STAMP := $(TFMOT_VENV)/.installed
+$(TFMOT_STAMP):
+	@test -x $(TFMOT_VENV)/bin/python || $(PYTHON) -m venv $(TFMOT_VENV)
+	$(TFMOT_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(TFMOT_VENV)/bin/python -m pip install --quiet 'tensorflow-cpu==2.21.*' 'tf-keras==2.21.*' \
+		'tensorflow-model-optimization>=0.8.1' numpy
+	@touch $(TFMOT_STAMP)
+export KCC_TFMOT_PYTHON := $(CURDIR)/$(TFMOT_VENV)/bin/python
+
 demo: $(STAMP)
 	$(BIN)/kcc demo --out runs/demo
 
-test: $(STAMP)
+test: $(STAMP) $(TFMOT_STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist load $(PYTEST_ARGS)
 
 # The full benchmark (about 30 min per dataset-seed set on 2 cores); records and the
 # rendered tables go to benchmarks/results/, the headline block to README.md.
-bench: $(STAMP)
+bench: $(STAMP) $(TFMOT_STAMP)
 	$(BIN)/kcc bench --dataset frappe --model deepfm --methods $(BENCH_METHODS) --seeds $(SEEDS) \
 		--epochs 20 --json benchmarks/results/frappe_deepfm.json
 	$(BIN)/kcc bench --dataset criteo-8k --model deepfm --methods $(BENCH_METHODS) --seeds 0 \
