@@ -8,7 +8,13 @@ SEEDS  ?= 0,1,2
 # Every registered method that runs on DeepFM (kcc bench --list shows them all).
 BENCH_METHODS ?= fp32,drq,keras-int8,keras-int4,hashing,qr
 
-.PHONY: venv demo test bench lint clean
+# tensorflow-io 0.37.1 (its last release) is built for TF 2.16 and does not load on the
+# default TF 2.21: its lane gets its own venv, pins in ONE pip command (shared/litert.md).
+TFIO_VENV  := .venv-tfio
+TFIO_STAMP := $(TFIO_VENV)/.installed-tfio
+TFIO_PINS  := "tensorflow-cpu==2.16.2" "tensorflow-io==0.37.1" "numpy<2" "pyarrow<26" "pandas<3" "pytest>=8"
+
+.PHONY: venv demo test tfio-venv test-tfio bench lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +41,19 @@ demo: $(STAMP)
 
 test: $(STAMP) $(TFMOT_STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist load $(PYTEST_ARGS)
+
+$(TFIO_STAMP):
+	@test -x $(TFIO_VENV)/bin/python || $(PYTHON) -m venv $(TFIO_VENV)
+	$(TFIO_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(TFIO_VENV)/bin/python -m pip install --quiet $(TFIO_PINS)
+	@touch $(TFIO_STAMP)
+
+tfio-venv: $(TFIO_STAMP)
+
+# The tensorflow-io path (Parquet, CSV, Arrow through its native ops) on small files;
+# the data package needs only numpy + pyarrow there, so the lane imports the checkout.
+test-tfio: $(TFIO_STAMP)
+	KCC_EXPECT_TFIO=1 PYTHONPATH=$(CURDIR) $(TFIO_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_tfio.py
 
 # The full benchmark (about 30 min per dataset-seed set on 2 cores); records and the
 # rendered tables go to benchmarks/results/, the headline block to README.md.

@@ -25,6 +25,7 @@ from keras_ctr_compress.data.paths import cache_dir, find_shared_data_dir
 from keras_ctr_compress.data.preprocess import MISSING_ID, OOV_ID, Preprocessor, bucketize
 from keras_ctr_compress.data.readers import (
     ArraySource,
+    ArrowSource,
     Chunk,
     Column,
     CriteoSource,
@@ -38,11 +39,13 @@ from keras_ctr_compress.data.schema import CTRDataset, Field, Split
 from keras_ctr_compress.data.spec import DataSpec, parse_spec
 from keras_ctr_compress.data.split import split_codes
 from keras_ctr_compress.data.synthetic import SyntheticConfig, SyntheticSource, bayes_metrics
+from keras_ctr_compress.data.tfio import TfioStatus, tfio_status
 
 __all__ = [
     "MISSING_ID",
     "OOV_ID",
     "ArraySource",
+    "ArrowSource",
     "CSVSource",
     "CTRDataset",
     "Chunk",
@@ -58,6 +61,7 @@ __all__ = [
     "Split",
     "SyntheticConfig",
     "SyntheticSource",
+    "TfioStatus",
     "bayes_metrics",
     "bucketize",
     "cache_dir",
@@ -74,4 +78,5 @@ __all__ = [
     "parse_spec",
     "split_codes",
     "stream_tf_dataset",
+    "tfio_status",
 ]

@@ -32,9 +32,7 @@ from keras_ctr_compress.data.preprocess import Preprocessor
 from keras_ctr_compress.data.readers import (
     Chunk,
     CriteoSource,
-    CSVSource,
     LibFMSource,
-    ParquetSource,
     Source,
     load_schema,
 )
@@ -53,7 +51,11 @@ _PART_WORDS = {"train": "train", "training": "train", "dev": "valid", "valid": "
 
 
 def default_min_count(spec: DataSpec) -> int:
-    """The dataset's default vocabulary threshold (see the module docstring)."""
+    """The dataset's default vocabulary threshold (see the module docstring); for a
+    schema-described file, the schema's ``min_count`` when it sets one."""
+    if spec.kind in ("csv", "parquet", "arrow"):
+        schema_min = load_schema(spec.options["schema"]).min_count
+        return 1 if schema_min is None else schema_min
     return 2 if spec.kind in ("criteo", "criteo-8k") else 1
 
 
@@ -127,12 +129,14 @@ def open_source(spec: str | DataSpec, *, skip_bad_rows: int | None = None) -> So
         folder = paths.shared_dataset_dir("frappe")
         files = [(folder / "frappe.validation.libfm", None), (folder / "frappe.test.libfm", None)]
         return LibFMSource(files, names=FRAPPE_NFM_NAMES, name="frappe-nfm", **kw)
-    if kind in ("csv", "parquet"):
+    if kind in ("csv", "parquet", "arrow"):
+        from keras_ctr_compress.data.tfio import open_table_source
+
         schema = load_schema(spec.options["schema"])
-        suffixes = (".parquet", ".pq") if kind == "parquet" else None
+        suffixes = {"parquet": (".parquet", ".pq"), "arrow": (".arrow", ".feather", ".ipc")}.get(kind)
         files = data_files(spec.path, split, suffixes)
-        cls = ParquetSource if kind == "parquet" else CSVSource
-        src = cls(files, schema, **kw)
+        # tensorflow-io where its native ops load, else pyarrow; one line says which.
+        src = open_table_source(kind, files, schema, reader=spec.options.get("reader", "auto"), **kw)
         src.name = spec.name
         return src
     if kind == "frappe":
@@ -242,6 +246,11 @@ def load_dataset(spec: str | DataSpec, *, seed: int = 0, preprocessor: Preproces
         _check_columns(preprocessor, source)
         pre = preprocessor
     parts, extra = _encode_all(source, pre, seed)
+    if not any(len(p) for p in parts):
+        from keras_ctr_compress.data.errors import DataError
+
+        raise DataError(f"{ds_spec.text}: no data rows (the file is empty, holds only a header, or every row "
+                        "was skipped as malformed)")
     info = _info(ds_spec, source, pre, parts, seed, extra)
     info["load_seconds"] = time.perf_counter() - t0
     ds = CTRDataset(name=ds_spec.name, fields=pre.fields, train=parts[0], valid=parts[1], test=parts[2],

@@ -465,16 +465,21 @@ class TableSchema:
     delimiter: str = ","
     header: bool = True
     names: tuple[str, ...] | None = None
+    #: vocabulary threshold for this data (None: the dataset default, 1)
+    min_count: int | None = None
 
 
 def load_schema(path: str | Path) -> TableSchema:
     """Reads a schema JSON::
 
         {"label": "clicked", "categorical": ["site", "app"], "numeric": ["price"],
-         "id": ["user_idx"], "delimiter": ",", "header": true,
+         "id": ["user_idx"], "delimiter": ",", "header": true, "min_count": 5,
          "columns": ["clicked", "site", ...]}   # file column order; needed when header is false
 
-    ``id`` columns hold already-encoded non-negative integers (vocabulary = max id + 1).
+    Only ``label`` and at least one feature list are required. ``id`` columns hold
+    already-encoded non-negative integers (vocabulary = max id + 1). ``min_count``:
+    categories seen fewer times in the training rows map to the OOV id (default 1;
+    a spec's ``min_count=`` option overrides it).
     """
     import json
 
@@ -487,7 +492,7 @@ def load_schema(path: str | Path) -> TableSchema:
         raise ValueError(f"{path}:{e.lineno}: schema is not valid JSON ({e.msg})") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: schema must be a JSON object, got {type(raw).__name__}")
-    allowed = {"label", "categorical", "numeric", "id", "delimiter", "header", "columns"}
+    allowed = {"label", "categorical", "numeric", "id", "delimiter", "header", "columns", "min_count"}
     unknown = set(raw) - allowed
     if unknown:
         raise ValueError(f"{path}: unknown schema keys {sorted(unknown)} (expected {sorted(allowed)})")
@@ -521,7 +526,10 @@ def load_schema(path: str | Path) -> TableSchema:
         names = tuple(names)
     elif not header:
         raise ValueError(f"{path}: a schema with \"header\": false needs \"columns\" (the file's column names in order)")
-    return TableSchema(label, tuple(cols), delimiter, header, names)
+    min_count = raw.get("min_count")
+    if min_count is not None and (isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1):
+        raise ValueError(f"{path}: schema min_count must be an integer >= 1, got {min_count!r}")
+    return TableSchema(label, tuple(cols), delimiter, header, names, min_count)
 
 
 class CSVSource(DelimitedSource):
@@ -536,6 +544,9 @@ class CSVSource(DelimitedSource):
         if not s.header:
             return TextFormat(s.delimiter, False, s.names or (), quoted=True)
         first = read_first_line(path).decode("utf-8", errors="replace")
+        if not first.strip():
+            raise DataError(located(path, 1, f"empty file or empty header line (expected a {s.delimiter!r}-separated "
+                                             "header with the schema's columns)"))
         names = tuple(n.strip().strip('"') for n in first.split(s.delimiter))
         needed = [c.name for c in s.columns] + [s.label]
         missing = [n for n in needed if n not in names]
@@ -560,27 +571,29 @@ class ParquetSource(Source):
         self.presplit = any(part is not None for _, part in self.files)
 
     def _chunks(self, bad: BadRows) -> Iterator[Chunk]:
-        import pyarrow.parquet as pq
-
         offset = 0
         for path, part in self.files:
-            try:
-                pf = pq.ParquetFile(path)
-            except (pa.ArrowInvalid, OSError) as e:
-                raise DataError(located(path, 0, f"not a readable Parquet file ({str(e).splitlines()[0][:160]})")) from None
-            names = set(pf.schema_arrow.names)
             needed = [c.name for c in self.columns] + [self.label]
-            missing = [n for n in needed if n not in names]
-            if missing:
-                raise DataError(located(path, 0, f"Parquet file lacks columns {missing} (expected the schema's columns)"))
             start = 0
-            for batch in pf.iter_batches(batch_size=self.chunk_rows, columns=needed):
+            for batch in self._batches(path, needed):
                 chunk = self._convert(batch, path, start, bad)
                 chunk.rows = offset + chunk.lines - 1
                 chunk.part = part
                 start += batch.num_rows
                 yield chunk
             offset += start
+
+    def _batches(self, path: Path, needed: list[str]) -> Iterator[pa.RecordBatch]:
+        """The file's record batches of the ``needed`` columns (subclasses read other
+        formats or through other libraries and share the row checks of :meth:`_convert`)."""
+        import pyarrow.parquet as pq
+
+        try:
+            pf = pq.ParquetFile(path)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise DataError(located(path, 0, f"not a readable Parquet file ({str(e).splitlines()[0][:160]})")) from None
+        check_columns(path, pf.schema_arrow.names, needed, "Parquet file")
+        yield from pf.iter_batches(batch_size=self.chunk_rows, columns=needed)
 
     def _convert(self, batch: pa.RecordBatch, path: Path, start: int, bad: BadRows) -> Chunk:
         src = str(path)
@@ -617,6 +630,37 @@ class ParquetSource(Source):
         labels = np.nan_to_num(labf).astype(np.int8)
         chunk = Chunk(cols, labels, src, lines, lines.copy())
         return chunk if keep.all() else chunk.select(keep)
+
+
+def check_columns(path: Path, names, needed: list[str], what: str) -> None:
+    """Raises a located :class:`DataError` when the file lacks schema columns."""
+    have = set(names)
+    missing = [n for n in needed if n not in have]
+    if missing:
+        raise DataError(located(path, 0, f"{what} lacks columns {missing} (expected the schema's columns; "
+                                         f"it has {sorted(have)[:20]})"))
+
+
+class ArrowSource(ParquetSource):
+    """Arrow IPC files (Feather v2, ``.arrow`` / ``.feather``) read batch by batch with
+    ``pyarrow.ipc``; the same row checks and messages as :class:`ParquetSource`."""
+
+    def __init__(self, files: Sequence[tuple[Path, str | None]], schema: TableSchema, **kw):
+        super().__init__(files, schema, **kw)
+        self.name = "arrow"
+
+    def _batches(self, path: Path, needed: list[str]) -> Iterator[pa.RecordBatch]:
+        import pyarrow.ipc as ipc
+
+        try:
+            reader = ipc.open_file(pa.memory_map(str(path), "r"))
+        except (pa.ArrowInvalid, OSError) as e:
+            raise DataError(located(path, 0, f"not a readable Arrow IPC (Feather v2) file ({str(e).splitlines()[0][:160]})")) from None
+        check_columns(path, reader.schema.names, needed, "Arrow file")
+        for k in range(reader.num_record_batches):
+            batch = reader.get_batch(k).select(needed)
+            for s in range(0, batch.num_rows, self.chunk_rows):
+                yield batch.slice(s, self.chunk_rows)
 
 
 def _valid_numbers(col: pa.Array) -> pa.Array:

@@ -7,6 +7,7 @@ Grammar (one line, no spaces needed)::
     libfm:PATH[,opts]          libFM rows ``label featid:1 ...``
     csv:PATH,schema=S.json     delimited text described by a schema file
     parquet:PATH,schema=S.json Parquet file (or folder of .parquet files) + schema
+    arrow:PATH,schema=S.json   Arrow IPC / Feather v2 file (or folder of .arrow/.feather files)
     movielens100k[:DIR]        RecBole atomic ml-100k files (default: the shared copy)
     frappe[:PATH]              full Frappe rebuilt from frappe.csv (default: the shared copy)
     frappe-nfm                 the NFM libFM Frappe files (validation + test), re-split 8:1:1
@@ -16,6 +17,7 @@ Grammar (one line, no spaces needed)::
 Everything after the path is ``key=value`` options separated by commas; a named
 dataset takes them after ``:`` or ``,`` (``frappe,min_count=2``). Options common to
 all kinds: ``min_count``, ``limit`` (read only the first N rows), ``skip_bad_rows``.
+``csv`` / ``parquet`` / ``arrow`` also take ``reader=auto|tfio|pyarrow`` (see ``data/tfio.py``).
 A path may not contain a comma (the option separator).
 """
 
@@ -31,8 +33,9 @@ SYNTHETIC_OPTIONS = ("rows", "fields", "vocab", "total_vocab", "zipf", "noise_fi
 KINDS: dict[str, tuple[bool, tuple[str, ...]]] = {
     "criteo": (True, ("split",)),
     "libfm": (True, ("split", "names", "offsets")),
-    "csv": (True, ("schema", "split")),
-    "parquet": (True, ("schema", "split")),
+    "csv": (True, ("schema", "split", "reader")),
+    "parquet": (True, ("schema", "split", "reader")),
+    "arrow": (True, ("schema", "split", "reader")),
     "movielens100k": (False, ()),
     "frappe": (False, ("cache",)),
     "frappe-nfm": (False, ()),
@@ -131,7 +134,7 @@ def parse_spec(spec: str | DataSpec) -> DataSpec:
     for key in options:
         if key not in allowed:
             raise ValueError(f"data spec {text!r}: unknown option {key!r} for {kind} (expected one of {', '.join(allowed)})")
-    if kind in ("csv", "parquet") and "schema" not in options:
+    if kind in ("csv", "parquet", "arrow") and "schema" not in options:
         raise ValueError(f"data spec {text!r}: {kind} needs a schema file ({kind}:PATH,schema=SCHEMA.json)")
     return DataSpec(kind=kind, path=path, options=options, text=text)
 
