@@ -101,8 +101,8 @@ def _make(name: str, method: str, bits: int):
         if "tier_history" in info:
             extra["rows_per_tier"] = info["tier_history"][-1] if info["tier_history"] else None
         plain.unlink()
-        return Candidate(tflite_path=path, keras_model=None, train_seconds=info["train_seconds"],
-                         plan=plan, extra=extra)
+        return Candidate(tflite_path=path, keras_model=None, reference_model=model,
+                         train_seconds=info["train_seconds"], plan=plan, extra=extra)
 
     return run
 

@@ -52,6 +52,11 @@ class Candidate:
         extra: further facts to record (JSON-able).
         input_columns: the dataset columns the file takes, for field-pruned models
             (None: all fields).
+        reference_model: where ``keras_model`` is None, the Keras model whose outputs
+            the lossy file approximates (its difference is reported, not enforced);
+            None: the fp32 model. A method that quantises its own tables and then
+            applies DRQ to the rest names its quantised Keras model here, so the
+            reported difference is DRQ's, not the whole compression's.
     """
 
     tflite_path: Path
@@ -60,6 +65,7 @@ class Candidate:
     plan: dict | None = None
     extra: dict = field(default_factory=dict)
     input_columns: list[int] | None = None
+    reference_model: keras.Model | None = None
 
 
 MethodFn = Callable[[MethodContext], Candidate]

@@ -162,10 +162,10 @@ def _score_candidate(ds: CTRDataset, cand: Candidate, method: str, model: str, s
     runner = LiteRTModel(cand.tflite_path)
     p = runner.predict(ds.test.x[:, cols])
     auc, ll = auc_logloss(ds.test.y, p, where=f"{method} test split")
-    reference = cand.keras_model if cand.keras_model is not None else fp32
+    reference = next((m for m in (cand.keras_model, cand.reference_model) if m is not None), fp32)
     probe = _subsample(ds.test, PARITY_ROWS, 3).x[:, cols]
     # Converter-side methods (drq) are lossy by design: report their difference from
-    # the fp32 Keras model; for every other method the file must equal its model.
+    # the Keras model they approximate; for every other method the file must equal its model.
     enforce = cand.keras_model is not None
     parity = check_parity(reference, cand.tflite_path, probe, atol=PARITY_ATOL if enforce else np.inf)
     sizes = size_breakdown(cand.tflite_path)
