@@ -1,7 +1,10 @@
 """A trained model's folder: ``model.keras`` + ``preprocessor.json`` + ``meta.json``.
 
 ``meta.json`` records the data spec, split seed, model config, training summary and
-test metrics. Loading always uses Keras safe mode (no code from the file runs).
+test metrics; it is written last and removed first, so a folder with a ``meta.json``
+is complete. While ``kcc train`` runs the folder holds only ``checkpoint.npz`` (the
+state after the last finished epoch, for ``kcc train --resume``). Loading always
+uses Keras safe mode (no code from the file runs).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from keras_ctr_compress.utils import atomic_path, atomic_write_text
 MODEL_FILE = "model.keras"
 PREPROCESSOR_FILE = "preprocessor.json"
 META_FILE = "meta.json"
+CHECKPOINT_FILE = "checkpoint.npz"
 
 
 @dataclass
@@ -29,9 +33,11 @@ class TrainedModel:
 
 def save_trained(folder: str | Path, model: keras.Model, preprocessor, meta: dict) -> Path:
     """Writes the three files, each atomically; ``meta.json`` last, so a folder whose
-    meta.json exists is complete."""
+    meta.json exists is complete. An older ``meta.json`` goes first: a save killed
+    half-way over an older model must not leave a folder that looks complete."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / META_FILE).unlink(missing_ok=True)
     with atomic_path(folder / MODEL_FILE, suffix=".keras") as tmp:
         model.save(tmp)
     if preprocessor is not None:
@@ -49,15 +55,47 @@ def load_trained(folder: str | Path) -> TrainedModel:
         raise FileNotFoundError(f"{folder}: no such model folder")
     meta_path = folder / META_FILE
     if not meta_path.exists():
-        raise ValueError(f"{folder}: not a complete model folder ({META_FILE} missing)")
+        hint = (f"; it holds the checkpoint of an interrupted training: finish it with "
+                f"kcc train --resume --out {folder}") if (folder / CHECKPOINT_FILE).exists() else ""
+        raise ValueError(f"{folder}: not a complete model folder ({META_FILE} missing){hint}")
     try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{meta_path}: corrupted JSON ({e.msg}, line {e.lineno})") from None
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{meta_path}: corrupted JSON ({getattr(e, 'msg', e)})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
     model = load_keras_model(folder / MODEL_FILE)
     pre_path = folder / PREPROCESSOR_FILE
     pre = Preprocessor.load(pre_path) if pre_path.exists() else None
+    if pre is not None:
+        check_preprocessor_fits(pre, model, pre_path)
     return TrainedModel(model, pre, meta, folder)
+
+
+def check_preprocessor_fits(pre, model: keras.Model, where: str | Path) -> None:
+    """Raises one line when the vocabularies give ids the model's tables cannot look up
+    (a preprocessor file from another run next to the model). A field-pruned model
+    reads a subset of the fields: its columns are matched by field name."""
+    from keras_ctr_compress.compress.field_importance import model_field_names
+    from keras_ctr_compress.models.builder import safe_name
+    from keras_ctr_compress.models.training import input_vocab_sizes
+
+    sizes = input_vocab_sizes(model)
+    if sizes is None:
+        return
+    fields = pre.fields
+    if len(fields) != len(sizes):
+        by_name = {safe_name(f.name): f for f in fields}
+        names = model_field_names(model)
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise ValueError(f"{where}: has no field {missing[0]!r} that the model reads (vocabularies and "
+                             "model.keras come from different runs)")
+        fields = [by_name[n] for n in names]
+    for j, (f, rows) in enumerate(zip(fields, sizes, strict=True)):
+        if rows is not None and f.vocab_size > rows:
+            raise ValueError(f"{where}: field {f.name!r} (column {j}) has {f.vocab_size} ids but the model's "
+                             f"table has {rows} rows (vocabularies and model.keras come from different runs)")
 
 
 def load_keras_model(path: str | Path) -> keras.Model:

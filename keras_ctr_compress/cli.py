@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,6 +24,14 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line usage error (``kcc train: error: ...``), like every
+    other error of the command; ``--help`` still shows the full usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="deepfm", help="fm | fwfm | deepfm | deepfwfm | dcnv2")
     p.add_argument("--seed", type=int, default=0, help="training seed (the split uses --split-seed)")
@@ -39,13 +47,18 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="kcc", description=__doc__)
+    ap = _Parser(prog="kcc", description=__doc__)
     ap.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a reference CTR model and save it with its vocabularies")
-    p.add_argument("--data", required=True, help="dataset spec, e.g. criteo:PATH or synthetic:rows=100000")
-    p.add_argument("--out", required=True, help="output folder (model.keras, preprocessor.json, meta.json)")
+    p.add_argument("--data", default=None, help="dataset spec, e.g. criteo:PATH or synthetic:rows=100000")
+    p.add_argument("--out", required=True, help="output folder (model.keras, preprocessor.json, meta.json; "
+                   "checkpoint.npz after every epoch while training)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted training in --out from its last finished epoch "
+                   "(its saved settings are used)")
+    _add_skip_bad_rows(p)
     _add_train_args(p)
 
     p = sub.add_parser("export", help="export a trained model folder to a verified .tflite")
@@ -60,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="test", choices=["train", "valid", "test", "all"])
     p.add_argument("--split-seed", type=int, default=0)
+    _add_skip_bad_rows(p)
 
     p = sub.add_parser("bench", help="benchmark methods side by side and write the JSON record")
     p.add_argument("--dataset", required=True, help="frappe, frappe-nfm, criteo-8k, movielens100k, synthetic or a spec")
@@ -90,11 +104,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=DEFAULT_DEMO_DATA)
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--quick", action="store_true", help="tiny smoke run")
+    for command in sub.choices.values():  # `kcc train ... --debug` works as well as `kcc --debug train`
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show tracebacks on errors")
     return ap
 
 
+def _add_skip_bad_rows(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--skip-bad-rows", type=int, default=0, metavar="N",
+                   help="skip and count up to N malformed input rows instead of stopping at the first "
+                   "(each is named FILE:LINE in the error otherwise)")
+
+
+#: ``kcc train`` options a resumed run takes from its checkpoint (``--resume``)
+TRAIN_SETTINGS = ("data", "model", "seed", "split_seed", "epochs", "batch_size", "lr", "patience",
+                  "embedding_dim", "mlp", "dropout", "embedding_l2", "skip_bad_rows")
+
+
 def cmd_train(a) -> int:
-    from keras_ctr_compress.artifacts import save_trained
+    from keras_ctr_compress.artifacts import CHECKPOINT_FILE, save_trained
     from keras_ctr_compress.data import load_dataset
     from keras_ctr_compress.models import (
         ModelConfig,
@@ -103,24 +131,95 @@ def cmd_train(a) -> int:
         evaluate,
         train_model,
     )
+    from keras_ctr_compress.models.training import check_labels
 
-    ds = load_dataset(a.data, seed=a.split_seed)
+    out = Path(a.out)
+    ckpt = out / CHECKPOINT_FILE
+    saved_fingerprint = _resume_settings(a, ckpt) if a.resume else _check_fresh_start(a, ckpt)
+    if a.skip_bad_rows < 0:
+        raise ValueError(f"--skip-bad-rows must be >= 0, got {a.skip_bad_rows}")
+    ds = load_dataset(a.data, seed=a.split_seed, skip_bad_rows=a.skip_bad_rows)
     _log(f"[train] {ds.name}: {ds.split_sizes()} rows, {ds.num_fields} fields")
+    if ds.info.get("skipped_rows"):
+        _log(f"[train] skipped {ds.info['skipped_rows']} malformed rows (--skip-bad-rows {a.skip_bad_rows}); "
+             f"first: {ds.info['skipped_examples'][0]}")
+    check_labels(ds.test.y, "test split", need_both=True)  # fail now, not after training
+    fingerprint = _data_fingerprint(ds)
+    if saved_fingerprint is not None and fingerprint != saved_fingerprint:
+        raise ValueError(f"{ckpt}: the data of {a.data} changed since the interrupted run (other rows or "
+                         f"vocabularies); delete {ckpt} to start over")
     mcfg = ModelConfig(name=a.model, embedding_dim=a.embedding_dim, mlp=tuple(a.mlp),
                        dropout=a.dropout, embedding_l2=a.embedding_l2)
     model = build_model(mcfg, ds.fields, seed=a.seed)
     tcfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, learning_rate=a.lr,
                        patience=a.patience, seed=a.seed, verbose=2)
-    summary = train_model(model, ds.train, ds.valid, tcfg)
+    run_info = {"args": {k: getattr(a, k) for k in TRAIN_SETTINGS}, "data_fingerprint": fingerprint}
+    summary = train_model(model, ds.train, ds.valid, tcfg, checkpoint=ckpt, resume=a.resume, run_info=run_info)
     test = evaluate(model, ds.test)
-    meta = {"data": a.data, "split_seed": a.split_seed, "dataset": ds.name,
+    meta = {"data": a.data, "split_seed": a.split_seed, "skip_bad_rows": a.skip_bad_rows, "dataset": ds.name,
             "split": ds.split_sizes(), "fields": [f.__dict__ for f in ds.fields],
             "model_config": mcfg.to_dict(), "train_config": tcfg.to_dict(),
             "train": summary, "test": test, "dataset_info": _plain(ds.info)}
-    save_trained(a.out, model, ds.preprocessor, meta)
+    save_trained(out, model, ds.preprocessor, meta)
+    ckpt.unlink(missing_ok=True)  # the folder is complete: the checkpoint has done its job
     print(f"test AUC {test['auc']:.4f}  logloss {test['logloss']:.4f}  "
-          f"({summary['epochs']} epochs, best {summary['best_epoch']}, {summary['train_seconds']:.0f}s) -> {a.out}")
+          f"({summary['epochs']} epochs, best {summary['best_epoch']}, {summary['train_seconds']:.0f}s) -> {out}")
     return 0
+
+
+def _check_fresh_start(a, ckpt: Path) -> None:
+    """A new run needs ``--data`` and must not silently discard an interrupted one."""
+    from keras_ctr_compress.models.training import read_checkpoint_info
+
+    if a.data is None:
+        raise ValueError("--data is required (or --resume to continue an interrupted run in --out)")
+    if ckpt.exists():
+        try:
+            info = read_checkpoint_info(ckpt)
+            where = f" (epoch {info['epoch']} of {info['config']['epochs']})"
+        except (ValueError, KeyError):
+            where = ""
+        raise ValueError(f"{ckpt.parent} holds the checkpoint of an interrupted training{where}: continue it "
+                         f"with kcc train --resume --out {ckpt.parent}, or delete {ckpt} to start over")
+
+
+def _resume_settings(a, ckpt: Path) -> str:
+    """Fills ``a`` with the interrupted run's settings; an option given with another
+    value than the saved one is an error, not silently ignored. Returns the saved data
+    fingerprint."""
+    from keras_ctr_compress.models.training import read_checkpoint_info
+
+    if not ckpt.exists():
+        done = (ckpt.parent / "meta.json").exists()
+        raise FileNotFoundError(f"{ckpt}: no checkpoint to resume" + (
+            f" ({ckpt.parent} holds a finished training)" if done else
+            " (kcc train --resume continues a run that was interrupted with this --out)"))
+    run = read_checkpoint_info(ckpt).get("run") or {}
+    saved = run.get("args")
+    if not isinstance(saved, dict) or any(k not in saved for k in TRAIN_SETTINGS):
+        raise ValueError(f"{ckpt}: was not written by kcc train (no saved settings to resume with)")
+    defaults = build_parser().parse_args(["train", "--out", str(a.out)])
+    for k in TRAIN_SETTINGS:
+        given = getattr(a, k)
+        if given != getattr(defaults, k) and given != saved[k]:
+            raise ValueError(f"--{k.replace('_', '-')} {given} differs from the interrupted run's {saved[k]}; "
+                             "resume without it (the saved settings are used)")
+        setattr(a, k, saved[k])
+    return run.get("data_fingerprint")
+
+
+def _data_fingerprint(ds) -> str:
+    """A hash of the encoded splits and the vocabularies: a resumed run must train on
+    exactly the rows the interrupted one did."""
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.sha256(ds.preprocessor.to_json().encode("utf-8"))
+    for part in (ds.train, ds.valid, ds.test):
+        h.update(np.ascontiguousarray(part.x).tobytes())
+        h.update(np.ascontiguousarray(part.y).tobytes())
+    return h.hexdigest()
 
 
 def _plain(d: dict) -> dict:
@@ -142,15 +241,26 @@ def cmd_export(a) -> int:
     out = Path(a.out)
     if out.suffix != ".tflite":
         raise ValueError(f"--out must name a .tflite file, got {out}")
-    ds = load_dataset(tm.meta["data"], seed=tm.meta.get("split_seed", 0), preprocessor=tm.preprocessor)
-    t0 = time.perf_counter()
-    export_litert(tm.model, out, quantization=None if a.quantize == "none" else a.quantize)
-    _log(f"[export] wrote {out} in {time.perf_counter() - t0:.1f}s (builtins only)")
-    if (Path(a.model_dir) / PREPROCESSOR_FILE).exists():
-        write_sidecar(out, Path(a.model_dir) / PREPROCESSOR_FILE)
+    ds = load_dataset(tm.meta["data"], seed=tm.meta.get("split_seed", 0), preprocessor=tm.preprocessor,
+                      skip_bad_rows=tm.meta.get("skip_bad_rows", 0))
     x = ds.test.x[: a.parity_rows]
     atol = 1e-4 if a.quantize == "none" else float("inf")
-    diff = check_parity(tm.model, out, x, atol=atol)
+    # The file takes its name only once it passed the parity check, and after its
+    # vocabularies: a failed or interrupted export leaves no .tflite behind.
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.partial.tflite")
+    try:
+        t0 = time.perf_counter()
+        export_litert(tm.model, tmp, quantization=None if a.quantize == "none" else a.quantize)
+        try:
+            diff = check_parity(tm.model, tmp, x, atol=atol)
+        except ValueError as e:  # name the file the user asked for, not the temporary one
+            raise ValueError(f"{out} not written: {str(e).replace(tmp.name, out.name)}") from e
+        if (Path(a.model_dir) / PREPROCESSOR_FILE).exists():
+            write_sidecar(out, Path(a.model_dir) / PREPROCESSOR_FILE)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _log(f"[export] wrote {out} in {time.perf_counter() - t0:.1f}s (builtins only)")
     print(f"parity vs Keras on {len(x)} test rows: max abs diff {diff:.2e}"
           + ("" if a.quantize == "none" else " (quantised: reported, not enforced)"))
     print(size_breakdown(out).to_text())
@@ -165,7 +275,7 @@ def cmd_export(a) -> int:
 def cmd_score(a) -> int:
     from keras_ctr_compress.scoring import score_tflite
 
-    res = score_tflite(a.tflite, a.data, split=a.split, seed=a.split_seed)
+    res = score_tflite(a.tflite, a.data, split=a.split, seed=a.split_seed, skip_bad_rows=a.skip_bad_rows)
     print(f"rows {res['rows']}  AUC {res['auc']:.6f}  logloss {res['logloss']:.6f}")
     return 0
 
@@ -223,18 +333,23 @@ COMMANDS = {"train": cmd_train, "export": cmd_export, "score": cmd_score, "bench
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs one command. Any error ends it with exactly one line on stderr,
+    ``kcc <command>: error: <what, naming the file / line / field>``, and exit status
+    2 (no traceback unless ``--debug``); an interrupt exits with 130. Every file a
+    command writes is written atomically, so neither leaves a half-written one."""
+    from keras_ctr_compress.utils import one_line_error
+
     quiet_tensorflow()
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
-        _log("kcc: interrupted")
+        _log(f"kcc {args.command}: interrupted")
         return 130
-    except (ValueError, FileNotFoundError, OSError, json.JSONDecodeError) as e:
+    except Exception as e:
         if args.debug:
             raise
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        _log(f"kcc {args.command}: error: {msg}")
+        _log(f"kcc {args.command}: error: {one_line_error(e)}")
         return 2
 
 

@@ -38,10 +38,11 @@ def artefact_bytes(tflite_path: str | Path) -> dict[str, int]:
 
 def score_tflite(
     tflite_path: str | Path, data_spec: str, *, split: str = "test", seed: int = 0,
-    batch_size: int = 1024,
+    batch_size: int = 1024, skip_bad_rows: int = 0,
 ) -> dict:
     """AUC and log loss of the artefact on raw rows of ``data_spec`` (``split`` of the
-    deterministic split with ``seed``, or ``all``)."""
+    deterministic split with ``seed``, or ``all``); up to ``skip_bad_rows`` malformed
+    rows are skipped. Categories the vocabularies never saw map to the OOV id 0."""
     from keras_ctr_compress.data import Preprocessor, load_dataset
     from keras_ctr_compress.export import LiteRTModel
     from keras_ctr_compress.models import auc_logloss
@@ -53,7 +54,7 @@ def score_tflite(
     if not side.exists():
         raise FileNotFoundError(f"{side}: the preprocessor file of {tflite_path.name} is missing")
     pre = Preprocessor.load(side)
-    ds = load_dataset(data_spec, seed=seed, preprocessor=pre)
+    ds = load_dataset(data_spec, seed=seed, preprocessor=pre, skip_bad_rows=skip_bad_rows)
     if split == "all":
         x = np.concatenate([ds.train.x, ds.valid.x, ds.test.x])
         y = np.concatenate([ds.train.y, ds.valid.y, ds.test.y])

@@ -52,3 +52,22 @@ def quiet_tensorflow() -> None:
     """Silence TF's C++ start-up chatter (must run before TensorFlow is imported)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
+def one_line_error(error: BaseException) -> str:
+    """The one line a command prints for ``error``.
+
+    Errors this library raises on purpose (``ValueError`` and its subclasses,
+    ``OSError`` for files, ``KeyError`` for names) already say what and where; their
+    first line is the message. Anything else is unexpected: its type is named, with a
+    pointer to ``--debug`` for the traceback.
+    """
+    if isinstance(error, KeyError) and error.args and isinstance(error.args[0], str):
+        text = error.args[0]  # str(KeyError) would quote the message
+    else:
+        text = str(error)
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    if isinstance(error, (ValueError, OSError, KeyError)):
+        return first or type(error).__name__
+    return f"{type(error).__name__}: {first} (unexpected; rerun with --debug for the traceback)"
+
