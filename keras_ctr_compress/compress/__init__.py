@@ -32,3 +32,9 @@ from keras_ctr_compress.compress.quantize import quantize_and_finetune as quanti
 from keras_ctr_compress.compress.quantize import quantize_embeddings as quantize_embeddings
 from keras_ctr_compress.compress.quantize import uniform_bits_budget as uniform_bits_budget
 from keras_ctr_compress.compress.quantize import update_row_priorities as update_row_priorities
+from keras_ctr_compress.compress.swap import replace_layers as replace_layers
+from keras_ctr_compress.compress.user_model import allow_layer as allow_layer
+from keras_ctr_compress.compress.user_model import as_reference_model as as_reference_model
+from keras_ctr_compress.compress.user_model import check_supported as check_supported
+from keras_ctr_compress.compress.user_model import inputs_from_ids as inputs_from_ids
+from keras_ctr_compress.compress.user_model import with_user_inputs as with_user_inputs

@@ -349,8 +349,12 @@ def iter_batches(data, batch_size: int, max_batches: int | None = None) -> Itera
         data = data.x
     if max_batches is not None and max_batches <= 0:
         raise ValueError(f"calibration_batches must be positive, got {max_batches}")
-    if hasattr(data, "shape") and hasattr(data, "__getitem__"):
-        batches: Iterable = (data[i : i + batch_size] for i in range(0, len(data), batch_size))
+    if isinstance(data, Mapping) and all(hasattr(v, "shape") for v in data.values()):
+        # A multi-input model's inputs by name (a user-built model): slice every array.
+        n = len(next(iter(data.values()))) if data else 0
+        batches: Iterable = ({k: v[i : i + batch_size] for k, v in data.items()} for i in range(0, n, batch_size))
+    elif hasattr(data, "shape") and hasattr(data, "__getitem__"):
+        batches = (data[i : i + batch_size] for i in range(0, len(data), batch_size))
     else:
         batches = data
     for k, batch in enumerate(batches):

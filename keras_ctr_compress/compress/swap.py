@@ -1,4 +1,11 @@
-"""Swapping layers of a Keras 3 functional model: the one mechanism every transform uses."""
+"""Swapping layers of a Keras 3 functional model: the one mechanism every transform uses.
+
+:func:`replace_layers` is ``keras.models.clone_model`` with a layer mapping: the graph is
+rebuilt call by call, so the copy keeps the model's inputs (names, shapes, dtypes) and
+outputs, and every layer that is not replaced gets the original's trained weights. It
+works on the project's models and on user-built functional models alike (supported
+layers: :func:`~keras_ctr_compress.compress.user_model.check_supported`).
+"""
 
 from __future__ import annotations
 
@@ -8,17 +15,12 @@ import keras
 
 
 def ensure_functional(model: keras.Model) -> None:
-    """Clear error for models whose graph cannot be rebuilt layer by layer."""
-    # Keras exposes no public "is functional" predicate; these are its own classes.
-    from keras.src.models.functional import Functional
-    from keras.src.models.sequential import Sequential
+    """Clear error for models whose graph cannot be rebuilt layer by layer: subclassed
+    or nested models and layers outside the supported families (see
+    :func:`~keras_ctr_compress.compress.user_model.check_supported`)."""
+    from keras_ctr_compress.compress.user_model import check_supported
 
-    if not isinstance(model, (Functional, Sequential)):
-        raise ValueError(
-            f"{type(model).__name__} is not a Keras functional or Sequential model: the "
-            "compression API rebuilds the layer graph, so build the model with keras.Input(...) "
-            "and layer calls; subclassed models are not supported"
-        )
+    check_supported(model)
 
 
 def replace_layers(
@@ -33,6 +35,18 @@ def replace_layers(
     ``replace`` must return a layer that accepts the same inputs and produces the
     same output shape; it is responsible for initialising the new layer's weights
     (typically by building it and assigning values derived from the old layer).
+
+    Example::
+
+        # every Dense with 64 units -> a copy without bias (weights of the others kept)
+        def swap(layer):
+            if isinstance(layer, keras.layers.Dense) and layer.units == 64:
+                return keras.layers.Dense(64, use_bias=False, name=layer.name)
+            return None
+        new_model, names = replace_layers(model, swap)
+
+    Raises:
+        ValueError: a subclassed or nested model, or an unsupported layer (named).
     """
     ensure_functional(model)
     replaced: list[str] = []

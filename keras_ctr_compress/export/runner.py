@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +14,23 @@ _INT32_MAX = np.iinfo(np.int32).max
 
 
 class LiteRTModel:
-    """A CTR model file (one int32 input ``(batch, num_fields)``, one ``(batch, 1)``
-    probability output) loaded in ``ai_edge_litert.interpreter.Interpreter``.
+    """A CTR model file loaded in ``ai_edge_litert.interpreter.Interpreter``: one int32
+    input ``(batch, num_fields)`` (the project's layout), or one integer input per field
+    of shape ``(batch,)`` / ``(batch, 1)`` (a user-built model with named inputs), and
+    one ``(batch, 1)`` probability output.
 
-    XNNPACK is applied by default. The input tensor keeps the last batch size it was
+    Rows are always an id matrix ``(n, num_fields)``; with named inputs, column ``j``
+    feeds ``input_names[j]`` (the file's signature order), and a dict ``{name: ids}``
+    is accepted too (see :meth:`validate`).
+
+    XNNPACK is applied by default. The input tensors keep the last batch size they were
     resized to, so repeated calls with the same batch size do not re-allocate.
 
     Example:
 
     >>> m = LiteRTModel("model.tflite")          # doctest: +SKIP
     >>> p = m.predict(ids)                        # doctest: +SKIP  (n,) float32
+    >>> p = m.predict({"user": u, "item": i})     # doctest: +SKIP  a file with named inputs
 
     Args:
         path: the .tflite file.
@@ -54,25 +61,45 @@ class LiteRTModel:
             raise ValueError(f"{self.path}: LiteRT cannot load it: {error}\n{log.tail()}") from error
         self.num_threads = num_threads
         inputs, outputs = self._interp.get_input_details(), self._interp.get_output_details()
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise ValueError(
-                f"{self.path}: expected one input and one output; got {len(inputs)} inputs, "
-                f"{len(outputs)} outputs"
-            )
-        sig = inputs[0]["shape_signature"]
-        if len(sig) != 2 or sig[0] != -1 or inputs[0]["dtype"] != np.int32:
-            raise ValueError(
-                f"{self.path}: expected an int32 input of shape (batch, num_fields) with a dynamic "
-                f"batch; got {np.dtype(inputs[0]['dtype']).name} {tuple(int(s) for s in sig)}"
-            )
+        if len(outputs) != 1:
+            raise ValueError(f"{self.path}: expected one output; got {len(outputs)} outputs")
+        if len(inputs) == 1:
+            self._setup_matrix_input(inputs[0])
+        else:
+            self._setup_named_inputs()
         out_sig = tuple(int(s) for s in outputs[0]["shape_signature"])
         if out_sig not in ((-1, 1), (-1,)):
             raise ValueError(f"{self.path}: expected an output of shape (batch, 1); got {out_sig}")
-        self._in = int(inputs[0]["index"])
         self._out = int(outputs[0]["index"])
-        self.num_fields = int(sig[1])
         self.vocab_sizes = self._check_vocab_sizes(vocab_sizes)
         self._batch: int | None = None
+
+    def _setup_matrix_input(self, d: dict) -> None:
+        sig = d["shape_signature"]
+        if len(sig) != 2 or sig[0] != -1 or d["dtype"] != np.int32:
+            raise ValueError(
+                f"{self.path}: expected an int32 input of shape (batch, num_fields) with a dynamic "
+                f"batch; got {np.dtype(d['dtype']).name} {tuple(int(s) for s in sig)}"
+            )
+        self.num_fields = int(sig[1])
+        self.input_names = [str(d["name"])]
+        #: (tensor index, shape after the batch axis, dtype); None = the whole matrix
+        self._ins: list[tuple[int, tuple[int, ...] | None, Any]] = [(int(d["index"]), None, np.int32)]
+
+    def _setup_named_inputs(self) -> None:
+        # The signature runner maps the Keras input names to the tensors (public API).
+        details = self._interp.get_signature_runner().get_input_details()
+        self.input_names, self._ins = [], []
+        for name, d in details.items():
+            sig = tuple(int(s) for s in d["shape_signature"])
+            if sig not in ((-1,), (-1, 1)) or not np.issubdtype(d["dtype"], np.integer):
+                raise ValueError(
+                    f"{self.path}: input {name!r} is {np.dtype(d['dtype']).name} {sig}; a file with several "
+                    "inputs needs one integer id per row in each, of shape (batch,) or (batch, 1)"
+                )
+            self.input_names.append(name)
+            self._ins.append((int(d["index"]), sig[1:], d["dtype"]))
+        self.num_fields = len(self._ins)
 
     def _check_vocab_sizes(self, vocab_sizes: Sequence[int] | None) -> np.ndarray | None:
         if vocab_sizes is None:
@@ -86,7 +113,7 @@ class LiteRTModel:
 
     @property
     def input_details(self) -> dict[str, Any]:
-        """The interpreter's details of the (single) input tensor."""
+        """The interpreter's details of the (first) input tensor."""
         return self._interp.get_input_details()[0]
 
     @property
@@ -97,9 +124,15 @@ class LiteRTModel:
     def validate(self, x: Any) -> np.ndarray:
         """Checks ``x`` and returns it as a C-contiguous int32 array of shape (n, F).
 
+        ``x`` is an id matrix, or for a file with named inputs a dict ``{name: ids}``
+        (each ``(n,)`` or ``(n, 1)``) holding exactly :attr:`input_names`.
+
         Raises:
-            ValueError: not 2-D, wrong number of columns, not integer, or ids out of range.
+            ValueError: not 2-D, wrong number of columns, not integer, ids out of
+                range, or a dict whose names differ from the file's inputs.
         """
+        if isinstance(x, Mapping):
+            x = self._matrix_from_dict(x)
         x = np.asarray(x)
         if x.ndim != 2:
             raise ValueError(
@@ -114,6 +147,14 @@ class LiteRTModel:
         if x.size:
             self._check_range(x)
         return np.ascontiguousarray(x, dtype=np.int32)
+
+    def _matrix_from_dict(self, x: Mapping) -> np.ndarray:
+        if sorted(x) != sorted(self.input_names) or self._ins[0][1] is None:
+            raise ValueError(f"{self.path.name}: expected inputs {self.input_names}; got {sorted(x)}")
+        cols = [np.asarray(x[name]).reshape(-1) for name in self.input_names]
+        if len({len(c) for c in cols}) != 1:
+            raise ValueError(f"{self.path.name}: inputs have different row counts {[len(c) for c in cols]}")
+        return np.stack(cols, axis=1)
 
     def _check_range(self, x: np.ndarray) -> None:
         lo, hi = x.min(axis=0), x.max(axis=0)
@@ -132,9 +173,19 @@ class LiteRTModel:
 
     def _resize(self, batch: int) -> None:
         if batch != self._batch:
-            self._interp.resize_tensor_input(self._in, [batch, self.num_fields], strict=True)
+            for index, tail, _ in self._ins:
+                shape = [batch, self.num_fields] if tail is None else [batch, *tail]
+                self._interp.resize_tensor_input(index, shape, strict=True)
             self._interp.allocate_tensors()
             self._batch = batch
+
+    def _feed(self, x: np.ndarray) -> None:
+        """Copies an int32 matrix into the input tensor(s): one column per named input."""
+        for j, (index, tail, dtype) in enumerate(self._ins):
+            if tail is None:
+                self._interp.set_tensor(index, x)
+            else:
+                self._interp.set_tensor(index, np.ascontiguousarray(x[:, j].reshape(-1, *tail), dtype=dtype))
 
     def prepare(self, batch: int) -> None:
         """Sizes the input for ``batch`` rows (what :meth:`set_input` then expects)."""
@@ -147,7 +198,7 @@ class LiteRTModel:
 
         No checks: with :meth:`invoke`, the inner steps of latency measurement.
         """
-        self._interp.set_tensor(self._in, x)
+        self._feed(x)
 
     def invoke(self) -> None:
         """Runs the interpreter on the current input (output left in place)."""
@@ -155,7 +206,7 @@ class LiteRTModel:
 
     def _predict_chunk(self, chunk: np.ndarray, offset: int) -> np.ndarray:
         self._resize(len(chunk))
-        self._interp.set_tensor(self._in, chunk)
+        self._feed(chunk)
         try:
             self._interp.invoke()
         except RuntimeError as e:
@@ -167,7 +218,7 @@ class LiteRTModel:
         first_line = str(error).split("Node number")[0].strip() or str(error)
         for i in range(len(chunk)):
             self._resize(1)
-            self._interp.set_tensor(self._in, chunk[i : i + 1])
+            self._feed(chunk[i : i + 1])
             try:
                 self._interp.invoke()
             except RuntimeError:

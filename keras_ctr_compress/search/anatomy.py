@@ -21,6 +21,7 @@ import numpy as np
 from keras_ctr_compress.compress.field_importance import field_lookups, model_field_names
 from keras_ctr_compress.compress.pruning import prunable_neuron_layers
 from keras_ctr_compress.compress.swap import ensure_functional
+from keras_ctr_compress.compress.user_model import as_reference_model
 from keras_ctr_compress.layers import FieldPairInteraction
 from keras_ctr_compress.search.plan import Plan, TablePlan, _fail
 
@@ -104,7 +105,9 @@ def _unsupported(model: keras.Model, what: str) -> ValueError:
     return ValueError(
         f"model {model.name!r}: {what}; plans apply to the reference layout (ids -> SplitFields -> "
         "emb_<field> / lin_<field> Embedding tables -> emb_concat -> dnn_k Dense layers and / or a "
-        "FieldPairInteraction), built by keras_ctr_compress.models.build_model and not yet compressed"
+        "FieldPairInteraction), built by keras_ctr_compress.models.build_model and not yet compressed, "
+        "or a user model of that shape: one integer input per field read by Embedding tables, a "
+        "Concatenate and Dense layers (Dropout / Activation between them)"
     )
 
 
@@ -117,11 +120,17 @@ def anatomy(model: keras.Model) -> Anatomy:
         [f.name for f in an.fields], [(d.name, d.in_dim, d.units) for d in an.dense]
         # ['c0', ...], [('dnn_0', 30, 32), ('dnn_1', 32, 32), ('dnn_out', 32, 1)]
 
+    A user-built functional model (one integer input per field, Embedding tables,
+    Concatenate / Dense towers) is read through
+    :func:`~keras_ctr_compress.compress.as_reference_model` (columns in its input order;
+    adapt it yourself with ``fields=`` to fix another order).
+
     Raises:
         ValueError: the model does not have the reference layout (e.g. DCNv2's cross
             network, or layers that are already compressed).
     """
     ensure_functional(model)
+    model = as_reference_model(model)  # the same model when it is a reference model
     try:
         lookups = field_lookups(model)
         names = model_field_names(model)

@@ -50,6 +50,7 @@ from keras_ctr_compress.compress.quantize import (
     quantize_embeddings,
     update_row_priorities,
 )
+from keras_ctr_compress.compress.user_model import as_reference_model
 from keras_ctr_compress.data.schema import CTRDataset
 from keras_ctr_compress.layers import FieldPairInteraction
 from keras_ctr_compress.search.anatomy import Resolved, anatomy, resolve
@@ -99,6 +100,7 @@ def apply_plan(
         ValueError: the plan does not fit the model (see :func:`~keras_ctr_compress.search.validate`)
             or the data does not fit the model.
     """
+    model = _reference(model, data)
     res = resolve(anatomy(model), plan)
     if data.num_fields != len(res.anatomy.fields):
         raise ValueError(f"data has {data.num_fields} fields but model {model.name!r} has "
@@ -134,6 +136,14 @@ def apply_plan(
         final = copy_model(model)
     info["seconds"] = seconds
     return final, info
+
+
+def _reference(model: keras.Model, data: CTRDataset) -> keras.Model:
+    """A user-built model in the id-matrix layout, its columns in the data's field
+    order when the data's fields name its inputs (a reference model is returned as is)."""
+    names = sorted(t._keras_history.operation.name for t in model.inputs)
+    fields = [f.name for f in data.fields]
+    return as_reference_model(model, fields=fields if sorted(fields) == names else None)
 
 
 # ------------------------------------------------------------------------ structure
