@@ -10,6 +10,7 @@ uses Keras safe mode (no code from the file runs).
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,10 +106,24 @@ def load_keras_model(path: str | Path) -> keras.Model:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
+    _check_archive(path)
     try:
         return keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as e:  # Keras raises many types for truncated / corrupted archives
         raise ValueError(f"{path}: cannot load Keras model ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+
+
+def _check_archive(path: Path) -> None:
+    """Checks every member of a ``.keras`` zip against its CRC-32. Keras reads the
+    weights through h5py in random order, so zipfile's own end-of-stream CRC check
+    never runs: flipped bytes inside the weights would load silently as other weights."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise ValueError(f"{path}: cannot load Keras model (not a complete .keras archive: {e})") from None
+    if bad is not None:
+        raise ValueError(f"{path}: cannot load Keras model (corrupted: member {bad} fails its CRC-32 check)")
 
 
 def _jsonable(o):

@@ -53,6 +53,7 @@ def score_tflite(
     side = sidecar_path(tflite_path)
     if not side.exists():
         raise FileNotFoundError(f"{side}: the preprocessor file of {tflite_path.name} is missing")
+    runner = LiteRTModel(tflite_path)  # a damaged file is named before any data is read
     pre = Preprocessor.load(side)
     ds = load_dataset(data_spec, seed=seed, preprocessor=pre, skip_bad_rows=skip_bad_rows)
     if split == "all":
@@ -63,6 +64,6 @@ def score_tflite(
         x, y = part.x, part.y
     else:
         raise ValueError(f"split must be train, valid, test or all; got {split!r}")
-    p = LiteRTModel(tflite_path).predict(x, batch_size=batch_size)
+    p = runner.predict(x, batch_size=batch_size)
     auc, ll = auc_logloss(y, p, where=f"{data_spec} ({split})")
     return {"auc": auc, "logloss": ll, "rows": int(len(y)), "predictions": p}

@@ -437,9 +437,11 @@ class Plan:
     def load(cls, path: str | Path) -> Plan:
         path = Path(path)
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise FileNotFoundError(f"{path}: no such plan file") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: not a plan file (not UTF-8 text; a plan is JSON)") from None
         try:
             return cls.from_json(text)
         except ValueError as e:
