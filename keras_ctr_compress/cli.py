@@ -12,6 +12,49 @@ from keras_ctr_compress.utils import quiet_tensorflow
 
 DEFAULT_DEMO_DATA = "synthetic"
 
+#: ``--help`` examples per command (shown under the options).
+EXAMPLES = {
+    "kcc": """examples:
+  kcc demo                                                   # the whole path on synthetic data
+  kcc train --data csv:clicks.csv,schema=schema.json --out runs/m
+  kcc search --model runs/m --data csv:clicks.csv,schema=schema.json --max-ratio 0.25 --trials 20 --out runs/s
+  kcc export runs/m --out runs/m.tflite
+  kcc score runs/m.tflite --data csv:clicks.csv,schema=schema.json
+  kcc <command> --help                                       # options and examples of one command""",
+    "train": """examples:
+  kcc train --data synthetic:rows=100000 --out runs/m
+  kcc train --data csv:clicks.csv,schema=schema.json --model deepfm --epochs 10 --out runs/m
+  kcc train --data parquet:clicks/,schema=schema.json,reader=pyarrow --mlp 64,32 --out runs/m
+  kcc train --out runs/m --resume                            # continue an interrupted run
+  kcc --quiet train --data criteo:day_0.tsv --out runs/c     # no per-epoch lines""",
+    "export": """examples:
+  kcc export runs/m --out runs/m.tflite                      # float32, parity-checked, size + latency
+  kcc export runs/m --out runs/m_drq.tflite --quantize drq   # dynamic-range quantisation
+  kcc export runs/m --out runs/m.tflite --no-latency --parity-rows 2000""",
+    "score": """examples:
+  kcc score runs/m.tflite --data csv:new_clicks.csv,schema=schema.json --split all
+  kcc score runs/s/best.tflite --data synthetic:rows=100000  # the test split of the same data""",
+    "search": """examples:
+  kcc search --model runs/m --data csv:clicks.csv,schema=schema.json --max-ratio 0.25 --trials 20 --out runs/s
+  kcc search --model runs/m --data synthetic:rows=100000 --max-ratio 0.1 --trials 5 --out runs/s --quiet""",
+    "compress": """examples:
+  kcc compress --model runs/m --plan runs/s/best_plan.json --data csv:clicks.csv,schema=schema.json --out runs/c""",
+    "bench": """examples:
+  kcc bench --list                                           # the registered methods
+  kcc bench --dataset frappe --methods fp32,drq,alpt-4 --seeds 0,1,2 --json benchmarks/results/frappe.json
+  kcc bench --dataset synthetic --methods fp32,drq --seeds 0 --quick --json /tmp/quick.json""",
+    "memory": """examples:
+  kcc memory --rows 10000000 --dim 16 --json benchmarks/results/memory_lpt_10m.json
+  kcc memory --rows 100000 --dim 8 --configs fp32-adam,lpt-sgd --steps 10 --json /tmp/m.json""",
+    "scale": """examples:
+  kcc scale --rows 10000,100000 --methods fp32,drq --json /tmp/scale.json""",
+    "report": """examples:
+  kcc report --results benchmarks/results --readme README.md""",
+    "demo": """examples:
+  kcc demo                                                   # train, search, export, verify, report
+  kcc demo --quick --out /tmp/demo                           # a tiny smoke run""",
+}
+
 
 def _ints(text: str) -> list[int]:
     try:
@@ -22,6 +65,13 @@ def _ints(text: str) -> list[int]:
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def _progress(msg: str) -> None:
+    """A progress line on stderr; ``kcc --quiet`` silences it (errors are always shown)."""
+    from keras_ctr_compress.console import progress
+
+    progress(msg)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,8 +97,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="kcc", description=__doc__)
+    ap = _Parser(prog="kcc", description=__doc__, epilog=EXAMPLES["kcc"],
+                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    ap.add_argument("--quiet", action="store_true",
+                    help="no progress output (epochs, calibration, trials, rows); results and errors still print")
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a reference CTR model and save it with its vocabularies")
@@ -104,9 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=DEFAULT_DEMO_DATA)
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--quick", action="store_true", help="tiny smoke run")
-    for command in sub.choices.values():  # `kcc train ... --debug` works as well as `kcc --debug train`
+    for name, command in sub.choices.items():  # `kcc train ... --debug` works as well as `kcc --debug train`
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help="show tracebacks on errors")
+        command.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
+                             help="no progress output (epochs, calibration, trials, rows); results and errors still print")
+        command.epilog = EXAMPLES.get(name)
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
     return ap
 
 
@@ -123,6 +180,7 @@ TRAIN_SETTINGS = ("data", "model", "seed", "split_seed", "epochs", "batch_size",
 
 def cmd_train(a) -> int:
     from keras_ctr_compress.artifacts import CHECKPOINT_FILE, save_trained
+    from keras_ctr_compress.console import keras_verbose
     from keras_ctr_compress.data import load_dataset
     from keras_ctr_compress.models import (
         ModelConfig,
@@ -139,7 +197,7 @@ def cmd_train(a) -> int:
     if a.skip_bad_rows < 0:
         raise ValueError(f"--skip-bad-rows must be >= 0, got {a.skip_bad_rows}")
     ds = load_dataset(a.data, seed=a.split_seed, skip_bad_rows=a.skip_bad_rows)
-    _log(f"[train] {ds.name}: {ds.split_sizes()} rows, {ds.num_fields} fields")
+    _progress(f"[train] {ds.name}: {ds.split_sizes()} rows, {ds.num_fields} fields")
     if ds.info.get("skipped_rows"):
         _log(f"[train] skipped {ds.info['skipped_rows']} malformed rows (--skip-bad-rows {a.skip_bad_rows}); "
              f"first: {ds.info['skipped_examples'][0]}")
@@ -152,7 +210,7 @@ def cmd_train(a) -> int:
                        dropout=a.dropout, embedding_l2=a.embedding_l2)
     model = build_model(mcfg, ds.fields, seed=a.seed)
     tcfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, learning_rate=a.lr,
-                       patience=a.patience, seed=a.seed, verbose=2)
+                       patience=a.patience, seed=a.seed, verbose=keras_verbose(2))
     run_info = {"args": {k: getattr(a, k) for k in TRAIN_SETTINGS}, "data_fingerprint": fingerprint}
     summary = train_model(model, ds.train, ds.valid, tcfg, checkpoint=ckpt, resume=a.resume, run_info=run_info)
     test = evaluate(model, ds.test)
@@ -260,7 +318,7 @@ def cmd_export(a) -> int:
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    _log(f"[export] wrote {out} in {time.perf_counter() - t0:.1f}s (builtins only)")
+    _progress(f"[export] wrote {out} in {time.perf_counter() - t0:.1f}s (builtins only)")
     print(f"parity vs Keras on {len(x)} test rows: max abs diff {diff:.2e}"
           + ("" if a.quantize == "none" else " (quantised: reported, not enforced)"))
     print(size_breakdown(out).to_text())
@@ -293,7 +351,7 @@ def cmd_bench(a) -> int:
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     rec = run_benchmark(a.dataset, model=a.model, methods=methods, seeds=a.seeds, json_out=a.json,
                         quick=a.quick, workdir=a.workdir,
-                        train_config=TrainConfig(epochs=a.epochs, verbose=0), log=_log)
+                        train_config=TrainConfig(epochs=a.epochs, verbose=0), log=_progress)
     print(render_table(rec))
     print(f"record written to {a.json}")
     return 0
@@ -303,7 +361,7 @@ def cmd_memory(a) -> int:
     from keras_ctr_compress.bench.memory import run_memory_benchmark, write_record
 
     configs = [c.strip() for c in a.configs.split(",") if c.strip()]
-    rec = run_memory_benchmark(a.rows, a.dim, configs, steps=a.steps, log=_log)
+    rec = run_memory_benchmark(a.rows, a.dim, configs, steps=a.steps, log=_progress)
     rec["command"] = (f"kcc memory --rows {a.rows} --dim {a.dim} --configs {','.join(configs)} "
                       f"--steps {a.steps} --json {a.json}")
     write_record(rec, a.json)
@@ -324,7 +382,7 @@ def cmd_report(a) -> int:
 def cmd_demo(a) -> int:
     from keras_ctr_compress.demo import run_demo
 
-    run_demo(out=a.out, data=a.data, epochs=a.epochs, quick=a.quick, log=_log)
+    run_demo(out=a.out, data=a.data, epochs=a.epochs, quick=a.quick, log=_progress)
     return 0
 
 
@@ -341,6 +399,10 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_tensorflow()
     args = build_parser().parse_args(argv)
+    if args.quiet:
+        from keras_ctr_compress.console import set_quiet
+
+        set_quiet(True)
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
