@@ -196,6 +196,18 @@ class SearchSpace:
         """The unchanged model (every table fp32, every layer full), fixed entries applied."""
         return self._plan({}, {}, None, False)
 
+    def compose(self, tables: dict, dense: dict, pairs, drq: bool, *, apply_fixed: bool = True) -> Plan:
+        """The plan of the given entries (JSON forms), with the space's fixed entries
+        and fine-tuning options (``apply_fixed=False``: the entries alone).
+
+        Raises:
+            ValueError: an entry is malformed (model-independent checks only).
+        """
+        if not apply_fixed:
+            return Plan(tables=tables, dense=dense, pairs=pairs, drq=drq, finetune=self.finetune or {},
+                        model=self.model)
+        return self._plan(dict(tables), dict(dense), pairs, drq)
+
     def _plan(self, tables: dict, dense: dict, pairs, drq: bool) -> Plan:
         for key, value in self.fixed.items():
             group, _, name = key.partition(".")

@@ -1,0 +1,240 @@
+"""A :class:`~keras_ctr_compress.search.space.SearchSpace` as keras-tuner hyperparameters.
+
+One hyperparameter per free plan entry, each a ``Choice`` whose values are listed in
+an order that means something to a Gaussian process (keras-tuner embeds a choice at
+its list index, ``(index + 0.5) / len``):
+
+- ``tables.<field>``: one token per table option (``fp32``, ``quant4row``,
+  ``quant2table``, ``rowwise<k>`` (preset ``k`` of the space), ``lowrank<rank>``,
+  ``pruned``), sorted from the largest to the smallest exported file (the cost model
+  prices each option alone), so that neighbouring values are neighbouring sizes;
+- ``dense.<layer>.units``: kept units, all first, then fewer;
+- ``dense.<layer>.rank``: ``"full"`` first, then ranks from high to low;
+- ``pairs``: pair sparsity from 0 (all pairs) up;
+- ``drq``: a ``Boolean``.
+
+Entries the space fixes, and entries with a single choice, get no hyperparameter:
+:meth:`Encoding.plan` fills them in from the space.
+
+Example::
+
+    enc = Encoding(space, cost_model(model))
+    hp = enc.hyperparameters()            # keras_tuner.HyperParameters
+    plan = enc.plan(hp.values)            # the defaults: the fp32 plan (+ fixed entries)
+    enc.values(plan) == hp.values         # True: the mapping goes both ways
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import keras_tuner as kt
+
+from keras_ctr_compress.search.plan import Plan, TablePlan
+from keras_ctr_compress.search.space import SearchSpace, TableChoices
+
+FULL = "full"
+
+
+def table_tokens(c: TableChoices) -> dict[str, dict]:
+    """Every option of one table as ``{token: TablePlan JSON}`` (unordered)."""
+    out: dict[str, dict] = {}
+    for method in c.methods:
+        if method == "quant":
+            for bits in c.bits:
+                for g in c.granularities:
+                    out[f"quant{bits}{g}"] = {"method": "quant", "bits": bits, "granularity": g}
+        elif method == "rowwise":
+            for k, preset in enumerate(c.rowwise):
+                out[f"rowwise{k}"] = {"method": "rowwise", **preset}
+        elif method == "lowrank":
+            for r in c.ranks:
+                out[f"lowrank{r}"] = {"method": "lowrank", "rank": r}
+        else:
+            out[method] = {"method": method}
+    return out
+
+
+class Encoding:
+    """Maps keras-tuner hyperparameter values to plans and back (module docstring).
+
+    Args:
+        space: the (possibly narrowed) search space.
+        cost: a :class:`~keras_ctr_compress.search.cost.CostModel` of the model, used
+            only to order each table's tokens by size.
+    """
+
+    def __init__(self, space: SearchSpace, cost):
+        self.space = space
+        self.tables: dict[str, dict[str, dict]] = {}
+        for name, c in space.tables.items():
+            if f"tables.{name}" in space.fixed:
+                continue
+            tokens = table_tokens(c)
+            if len(tokens) > 1:
+                self.tables[name] = _order_by_bytes(tokens, name, space, cost)
+        self.units: dict[str, list[int]] = {}
+        self.ranks: dict[str, list[str]] = {}
+        for name, d in space.dense.items():
+            if f"dense.{name}" in space.fixed:
+                continue
+            units = sorted({d.units if u is None else u for u in d.kept_units}, reverse=True)
+            if len(units) > 1:
+                self.units[name] = units
+            ranks = [FULL] * (None in d.ranks) + [str(r) for r in sorted((r for r in d.ranks if r is not None),
+                                                                         reverse=True)]
+            if len(ranks) > 1:
+                self.ranks[name] = ranks
+        self.sparsities: list[float] = []
+        if space.pairs is not None and "pairs" not in space.fixed and len(space.pairs.sparsities) > 1:
+            self.sparsities = sorted(float(s) for s in space.pairs.sparsities)
+        self.drq_free = "drq" not in space.fixed and len(space.drq) > 1
+        #: hyperparameter names, in :meth:`hyperparameters` order
+        self.names: list[str] = [hp.name for hp in self.hyperparameters().space]
+
+    # ------------------------------------------------------------------ keras-tuner
+
+    def hyperparameters(self) -> kt.HyperParameters:
+        """The keras-tuner search space (defaults: the first, largest value of each)."""
+        hp = kt.HyperParameters()
+        for name, tokens in self.tables.items():
+            hp.Choice(f"tables.{name}", list(tokens), ordered=False)
+        for name, units in self.units.items():
+            hp.Choice(f"dense.{name}.units", units)
+        for name, ranks in self.ranks.items():
+            hp.Choice(f"dense.{name}.rank", ranks, ordered=False)
+        if self.sparsities:
+            hp.Choice("pairs", self.sparsities)
+        if self.drq_free:
+            hp.Boolean("drq", default=bool(self.space.drq[0]))
+        return hp
+
+    # ------------------------------------------------------------------ mapping
+
+    def plan(self, values: Mapping[str, object], *, finetune: Mapping | None = None) -> Plan:
+        """The plan of hyperparameter ``values`` (missing names take their defaults;
+        keras-tuner's own ``tuner/...`` entries are ignored).
+
+        Raises:
+            ValueError: a value outside the encoding, or a plan the model refuses
+                (e.g. a rank above the pruned width: ``plan entry dense.<layer>: ...``).
+        """
+        tables: dict = {}
+        for name, tokens in self.tables.items():
+            token = values.get(f"tables.{name}", next(iter(tokens)))
+            if token not in tokens:
+                raise ValueError(f"hyperparameter tables.{name}: unknown value {token!r}")
+            if tokens[token]["method"] != "fp32":
+                tables[name] = dict(tokens[token])
+        for name, c in self.space.tables.items():  # single-option tables
+            if name not in self.tables and f"tables.{name}" not in self.space.fixed:
+                only = next(iter(table_tokens(c).values()))
+                if only["method"] != "fp32":
+                    tables[name] = only
+        dense: dict = {}
+        for name, d in self.space.dense.items():
+            if f"dense.{name}" in self.space.fixed:
+                continue
+            units = int(values.get(f"dense.{name}.units", self.units.get(name, [_only_units(d)])[0]))
+            rank = str(values.get(f"dense.{name}.rank", self.ranks.get(name, [_only_rank(d)])[0]))
+            entry = {}
+            if units != d.units:
+                entry["units"] = units
+            if rank != FULL:
+                entry["rank"] = int(rank)
+            dense[name] = entry
+        pairs = None
+        if self.space.pairs is not None and "pairs" not in self.space.fixed:
+            s = float(values.get("pairs", self.sparsities[0] if self.sparsities else self.space.pairs.sparsities[0]))
+            pairs = {"sparsity": s} if s > 0 else None
+        drq = bool(values.get("drq", self.space.drq[0])) if "drq" not in self.space.fixed else False
+        space = self.space
+        if finetune is not None:
+            space = _with_finetune(space, finetune)
+        return space.compose(tables, dense, pairs, drq)
+
+    def values(self, plan: Plan) -> dict[str, object]:
+        """The hyperparameter values of ``plan`` (the inverse of :meth:`plan`).
+
+        Raises:
+            ValueError: the plan uses an option the encoding does not have.
+        """
+        out: dict[str, object] = {}
+        for name, tokens in self.tables.items():
+            want = plan.table(name).to_dict()
+            match = [t for t, d in tokens.items() if TablePlan.from_dict(d).to_dict() == want]
+            if not match:
+                raise ValueError(f"plan entry tables.{name}: {want} is not an option of the search space")
+            out[f"tables.{name}"] = match[0]
+        for name in self.units:
+            d = plan.dense_layer(name)
+            out[f"dense.{name}.units"] = self.space.dense[name].units if d.units is None else d.units
+        for name in self.ranks:
+            r = plan.dense_layer(name).rank
+            out[f"dense.{name}.rank"] = FULL if r is None else str(r)
+        if self.sparsities:
+            out["pairs"] = 0.0 if plan.pairs is None else float(plan.pairs.sparsity)
+        if self.drq_free:
+            out["drq"] = plan.drq
+        for k, v in out.items():
+            hp_values = self.choices(k)
+            if v not in hp_values:
+                raise ValueError(f"plan entry {k.rsplit('.', 1)[0] if k.startswith('dense.') else k}: "
+                                 f"{v!r} is not among the search space's {hp_values}")
+        return out
+
+    def choices(self, name: str) -> list:
+        """The values of hyperparameter ``name``, from the largest plan to the smallest
+        (``drq``: ``[False, True]``)."""
+        if name.startswith("tables."):
+            return list(self.tables[name[7:]])
+        if name.endswith(".units"):
+            return self.units[name[6:-6]]
+        if name.endswith(".rank"):
+            return self.ranks[name[6:-5]]
+        if name == "pairs":
+            return self.sparsities
+        if name == "drq" and self.drq_free:
+            return [False, True]
+        raise KeyError(f"no hyperparameter {name!r} (names: {', '.join(self.names)})")
+
+    def neighbours(self, values: Mapping[str, object]) -> list[dict[str, object]]:
+        """Values that differ from ``values`` in one hyperparameter by one step of its
+        order (the next larger or smaller option): the local moves of the acquisition."""
+        out = []
+        for name in self.names:
+            choices = self.choices(name)
+            k = choices.index(values[name]) if name in values else 0
+            for j in (k - 1, k + 1):
+                if 0 <= j < len(choices):
+                    out.append({**values, name: choices[j]})
+        return out
+
+
+def _only_units(d) -> int:
+    return d.units if d.kept_units[0] is None else d.kept_units[0]
+
+
+def _only_rank(d) -> str:
+    return FULL if d.ranks[0] is None else str(d.ranks[0])
+
+
+def _with_finetune(space: SearchSpace, finetune: Mapping) -> SearchSpace:
+    import copy
+
+    new = copy.copy(space)
+    new.finetune = {**space.finetune, **dict(finetune)}
+    return new
+
+
+def _order_by_bytes(tokens: dict[str, dict], name: str, space: SearchSpace, cost) -> dict[str, dict]:
+    """``tokens`` sorted by the bytes of the default plan with only this table changed
+    (largest first; a token the model refuses alone goes last)."""
+    def size(item):
+        try:
+            return -cost.plan_bytes(space.compose({name: item[1]}, {}, None, False, apply_fixed=False))
+        except ValueError:
+            return float("inf")
+
+    ranked = sorted(tokens.items(), key=size)
+    return dict(ranked)
