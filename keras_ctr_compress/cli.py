@@ -17,7 +17,7 @@ EXAMPLES = {
     "kcc": """examples:
   kcc demo                                                   # the whole path on synthetic data
   kcc train --data csv:clicks.csv,schema=schema.json --out runs/m
-  kcc search --model runs/m --data csv:clicks.csv,schema=schema.json --max-ratio 0.25 --trials 20 --out runs/s
+  kcc search --model runs/m --data csv:clicks.csv,schema=schema.json --max-ratio 4 --trials 20 --out runs/s
   kcc export runs/m --out runs/m.tflite
   kcc score runs/m.tflite --data csv:clicks.csv,schema=schema.json
   kcc <command> --help                                       # options and examples of one command""",
@@ -35,8 +35,8 @@ EXAMPLES = {
   kcc score runs/m.tflite --data csv:new_clicks.csv,schema=schema.json --split all
   kcc score runs/s/best.tflite --data synthetic:rows=100000  # the test split of the same data""",
     "search": """examples:
-  kcc search --model runs/m --data csv:clicks.csv,schema=schema.json --max-ratio 0.25 --trials 20 --out runs/s
-  kcc search --model runs/m --data synthetic:rows=100000 --max-ratio 0.1 --trials 5 --out runs/s --quiet""",
+  kcc search --model runs/m --data csv:clicks.csv,schema=schema.json --max-ratio 4 --trials 20 --out runs/s
+  kcc search --model runs/m --data synthetic:rows=100000 --max-ratio 10 --trials 5 --out runs/s --quiet""",
     "compress": """examples:
   kcc compress --model runs/m --plan runs/s/best_plan.json --data csv:clicks.csv,schema=schema.json --out runs/c""",
     "bench": """examples:
