@@ -128,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-seed", type=int, default=0)
     _add_skip_bad_rows(p)
 
+    _add_search_parsers(sub)
+
     p = sub.add_parser("bench", help="benchmark methods side by side and write the JSON record")
     p.add_argument("--dataset", required=True, help="frappe, frappe-nfm, criteo-8k, movielens100k, synthetic or a spec")
     p.add_argument("--model", default="deepfm")
@@ -138,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--workdir", default=None, help="keep candidate files here")
     p.add_argument("--list", action="store_true", help="list the registered methods and exit")
+    p.add_argument("--budget-ratio", type=float, default=None,
+                   help="searched methods: the file at most 1/R of the fp32 file (default 16)")
+    p.add_argument("--trials", type=int, default=None, help="searched methods: trials per search (default 20)")
 
     p = sub.add_parser("memory", help="peak training memory of an fp32 vs an int8-stored (lpt) table, "
                        "each configuration in its own process")
@@ -146,6 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--configs", default="fp32-adam,lpt-adagrad,lpt-sgd")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--json", required=True, help="the record to write")
+
+    p = sub.add_parser("scale", help="scale sweep: export time, bytes, latency and memory as the "
+                       "embedding tables grow (each export / scoring in its own process)")
+    p.add_argument("--rows", type=_ints, default=[10_000, 100_000, 1_000_000, 10_000_000],
+                   help="total embedding rows per scale (26 fields, dim 16)")
+    p.add_argument("--methods", default="fp32,drq,alpt-4,searched")
+    p.add_argument("--plan", default=None, help="plan JSON for 'searched' (e.g. kcc search's best plan)")
+    p.add_argument("--workdir", default="runs/scale", help="where the .tflite files go")
+    p.add_argument("--json", required=True, help="the record to write (its plot goes beside it)")
 
     p = sub.add_parser("report", help="render benchmark records into tables and plots")
     p.add_argument("--results", default="benchmarks/results", help="folder of JSON records")
@@ -165,6 +179,57 @@ def build_parser() -> argparse.ArgumentParser:
         command.epilog = EXAMPLES.get(name)
         command.formatter_class = argparse.RawDescriptionHelpFormatter
     return ap
+
+
+def _add_search_parsers(sub) -> None:
+    """``kcc search`` and ``kcc compress`` (their work: ``keras_ctr_compress.search.commands``)."""
+    p = sub.add_parser("search", help="budgeted search of a compression plan (keras-tuner) for a trained model")
+    p.add_argument("--model", required=True, help="trained model folder (kcc train --out)")
+    p.add_argument("--data", default=None, help="dataset spec (default: the one the model was trained on)")
+    p.add_argument("--split-seed", type=int, default=None, help="default: the model's")
+    p.add_argument("--out", required=True, help="search folder: state, trials, Pareto front, best plan and file")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--max-bytes", type=int, default=None, help="cap on the exported .tflite bytes")
+    budget.add_argument("--max-ratio", type=float, default=None,
+                        help="cap as a ratio: the file at most 1/R of the fp32 file's bytes (R >= 1, e.g. 16)")
+    p.add_argument("--max-latency-us", type=float, default=None,
+                   help="cap on the batch-1 latency (LiteRT, 1 thread; predicted by a model calibrated here)")
+    p.add_argument("--soft-budget", action="store_true", help="penalise plans over the budget instead of skipping them")
+    p.add_argument("--trials", type=int, default=20)
+    p.add_argument("--tuner", choices=["bayesian", "random", "hyperband"], default="bayesian")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue the interrupted search in --out")
+    p.add_argument("--trial-epochs", type=int, default=1, help="fine-tuning epochs per trial")
+    p.add_argument("--final-epochs", type=int, default=10, help="at most this many epochs for the best plan")
+    p.add_argument("--fix", action="append", default=[], metavar="ENTRY=JSON",
+                   help="fix one plan entry, e.g. 'dense.dnn_0={\"units\": 100}' or drq=true (repeatable)")
+    p.add_argument("--restrict", action="append", default=[], metavar="ENTRY:KEY=V1,V2",
+                   help="keep only these choices, e.g. 'tables.*:methods=fp32,quant' or 'dense.*:ranks=null,16' "
+                   "(repeatable)")
+    p.add_argument("--space", default=None, help="a search space JSON file (SearchSpace.to_json)")
+    p.add_argument("--latency-model", default=None, help="reuse a calibrated latency_model.json")
+    p.add_argument("--latency-plans", type=int, default=10, help="files measured to calibrate latency")
+
+    p = sub.add_parser("compress", help="apply a plan to a trained model: compress, fine-tune, export, verify")
+    p.add_argument("--model", required=True, help="trained model folder (kcc train --out)")
+    p.add_argument("--plan", required=True, help="plan JSON (e.g. kcc search's best_plan.json)")
+    p.add_argument("--data", default=None, help="dataset spec (default: the one the model was trained on)")
+    p.add_argument("--split-seed", type=int, default=None, help="default: the model's")
+    p.add_argument("--out", required=True, help="output folder: model.tflite, model.keras, plan.json, meta.json")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-finetune", action="store_true", help="transforms only")
+
+
+def cmd_search(a) -> int:
+    from keras_ctr_compress.search.commands import cmd_search as run
+
+    return run(a, _progress)
+
+
+def cmd_compress(a) -> int:
+    from keras_ctr_compress.search.commands import cmd_compress as run
+
+    return run(a, _progress)
 
 
 def _add_skip_bad_rows(p: argparse.ArgumentParser) -> None:
@@ -349,9 +414,11 @@ def cmd_bench(a) -> int:
             print(f"{name:16s} {get_method(name).description}")
         return 0
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    options = {k: v for k, v in (("budget_ratio", a.budget_ratio), ("trials", a.trials)) if v is not None}
     rec = run_benchmark(a.dataset, model=a.model, methods=methods, seeds=a.seeds, json_out=a.json,
                         quick=a.quick, workdir=a.workdir,
-                        train_config=TrainConfig(epochs=a.epochs, verbose=0), log=_progress)
+                        train_config=TrainConfig(epochs=a.epochs, verbose=0), log=_progress,
+                        method_options=options)
     print(render_table(rec))
     print(f"record written to {a.json}")
     return 0
@@ -371,6 +438,21 @@ def cmd_memory(a) -> int:
     return 0
 
 
+def cmd_scale(a) -> int:
+    from keras_ctr_compress.bench.memory import write_record
+    from keras_ctr_compress.bench.scale import plot_scale_sweep, run_scale_sweep
+
+    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    rec = run_scale_sweep(a.rows, methods, workdir=a.workdir, plan=a.plan, log=_progress)
+    write_record(rec, a.json)
+    png = plot_scale_sweep(rec, Path(a.json).with_suffix(".png"))
+    for r in rec["results"]:
+        print(f"{r['total_rows']:>11,} {r['method']:9s} {r['tflite_bytes']:>13,} B  export {r['export_seconds']:6.1f}s "
+              f"+{r['export_extra_mb']:8,.0f} MB  b1 {r['latency_us_b1']:9.1f} us  b256 {r['latency_us_b256']:10.1f} us")
+    print(f"record written to {a.json}, plot {png}")
+    return 0
+
+
 def cmd_report(a) -> int:
     from keras_ctr_compress.bench.report import write_results_readme
 
@@ -387,7 +469,8 @@ def cmd_demo(a) -> int:
 
 
 COMMANDS = {"train": cmd_train, "export": cmd_export, "score": cmd_score, "bench": cmd_bench,
-            "demo": cmd_demo, "report": cmd_report, "memory": cmd_memory}
+            "demo": cmd_demo, "report": cmd_report, "memory": cmd_memory, "scale": cmd_scale,
+            "search": cmd_search, "compress": cmd_compress}
 
 
 def main(argv: list[str] | None = None) -> int:
