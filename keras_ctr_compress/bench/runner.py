@@ -74,6 +74,7 @@ def run_benchmark(
     latency_seconds: float = 1.0,
     log: Callable[[str], None] | None = None,
     on_reference: Callable[[int, keras.Model, dict], None] | None = None,
+    method_options: dict | None = None,
 ) -> dict:
     """Runs the benchmark and returns (and optionally writes) the record.
 
@@ -88,6 +89,8 @@ def run_benchmark(
         latency_seconds: timing budget per file and batch size.
         on_reference: called with ``(seed, fp32_model, train_summary)`` after each
             reference is trained (e.g. to save it).
+        method_options: options for methods that take some (e.g. ``searched``:
+            ``{"budget_ratio": 16, "trials": 20}``), passed as ``ctx.extra["method_options"]``.
     """
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     methods = ["fp32", *[m for m in methods if m != "fp32"]]
@@ -115,7 +118,8 @@ def run_benchmark(
             fp32_path = workdir / f"seed{seed}" / "fp32.tflite"
             export_litert(fp32, fp32_path)
             ctx = MethodContext(ds, model, seed, fp32, fp32_path, workdir, quick, train_config,
-                                extra={"fp32_summary": summary, "model_kwargs": model_kwargs})
+                                extra={"fp32_summary": summary, "model_kwargs": model_kwargs,
+                                       "method_options": dict(method_options or {})})
             for i, method in enumerate(method_objs):
                 log(f"[bench] seed {seed}: method {i + 1}/{len(method_objs)} {method.name} "
                     f"({time.perf_counter() - t_start:.0f}s elapsed)")
@@ -147,6 +151,7 @@ def run_benchmark(
         "schema": SCHEMA_VERSION, "dataset": ds.name, "split": ds.split_sizes(),
         "seeds": list(seeds), "model": model, "quick": quick,
         "train_config": train_config.to_dict(), "model_kwargs": model_kwargs,
+        **({"method_options": dict(method_options)} if method_options else {}),
         "machine": machine_facts(), "command": " ".join(sys.argv),
         "dataset_info": {k: v for k, v in ds.info.items() if isinstance(v, (int, float, str, bool))},
         "results": rows,

@@ -43,13 +43,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import keras
+import keras_tuner as kt
 import numpy as np
 
 from keras_ctr_compress.data.schema import CTRDataset
@@ -129,7 +129,9 @@ class SearchResult:
 
 
 def _log_default(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    from keras_ctr_compress.console import progress  # stderr; silenced by kcc --quiet / KCC_QUIET=1
+
+    progress(msg)
 
 
 # --------------------------------------------------------------------------- checks
@@ -418,6 +420,14 @@ def search(
     rss_before = rss_mb()
     try:
         kt_tuner.search(verbose=0)
+    except kt.errors.FatalError as e:  # e.g. no plan within the budget: the user's problem, say it plainly
+        raise ValueError(str(e).strip().splitlines()[0]) from None
+    except RuntimeError as e:
+        if "consecutive failures" not in str(e):
+            raise
+        last = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+        raise ValueError(f"{out}: trials keep failing (keras-tuner stops after 3 in a row); last error: "
+                         f"{last[-1] if last else e}") from None
     except KeyboardInterrupt:
         done = len(collect_trials(state))
         log(f"[search] interrupted: {done} finished trials are saved in {out}; resume with resume=True "
