@@ -273,3 +273,19 @@ def test_tf_data_calibration_equals_numpy(trained, data):
     np.testing.assert_allclose(_predict(a, data[1].x), _predict(b, data[1].x), atol=1e-5)
     _, rc = low_rank(trained, x, ranks=ranks, batch_size=500, calibration_batches=2)
     assert rc.calibration_rows == 1000
+
+
+def test_fm_part_is_the_model_without_its_dnn():
+    from keras_ctr_compress.bench.lowrank_methods import fm_part
+    from keras_ctr_compress.data import load_dataset
+    from keras_ctr_compress.models import build_model
+    ds = load_dataset("synthetic:rows=2000,fields=4,numeric=0,total_vocab=200,seed=1")
+    model = build_model("deepfm", ds.fields, mlp=(8,), embedding_dim=4, seed=0)
+    part = fm_part(model)
+    assert not [la for la in part.layers if isinstance(la, keras.layers.Dense)]
+    probe = keras.Model(model.inputs, [model.get_layer("linear").output, model.get_layer("pairs").output])
+    lin, pairs = probe.predict(ds.test.x, verbose=0)
+    expected = 1 / (1 + np.exp(-(lin + pairs)))
+    np.testing.assert_allclose(part.predict(ds.test.x, verbose=0), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="fm-part needs deepfm or deepfwfm"):
+        fm_part(build_model("dcnv2", ds.fields, mlp=(8,), embedding_dim=4))

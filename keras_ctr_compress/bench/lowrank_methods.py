@@ -60,3 +60,34 @@ def _fp32_ft(ctx: MethodContext) -> Candidate:
 
 add_method("fp32-ft", _fp32_ft, description="the fp32 model fine-tuned with the low-rank methods' "
            "fine-tuning schedule (the fair reference for fine-tuned rows)")
+
+
+def fm_part(model: keras.Model) -> keras.Model:
+    """The model without its DNN: ``sigmoid(first order + pairs)`` of a DeepFM / DeepFwFM.
+
+    A timing reference, not a compression method: the DNN (the part low-rank and
+    structured pruning shrink) costs ``latency(model) - latency(fm_part(model))``,
+    both measured interleaved in one run. Shares ``model``'s layers (no new weights).
+
+    Raises:
+        ValueError: the model has no ``linear`` sum or ``pairs`` layer.
+    """
+    try:
+        terms = [model.get_layer("linear").output, model.get_layer("pairs").output]
+    except ValueError:
+        raise ValueError(f"model {model.name!r} has no 'linear' and 'pairs' layers (FM / FwFM part); "
+                         "fm-part needs deepfm or deepfwfm") from None
+    logit = keras.layers.Add(name="fm_logit")(terms)
+    return keras.Model(model.inputs, keras.layers.Activation("sigmoid", name="fm_ctr")(logit),
+                       name=f"{model.name}_fm_part")
+
+
+def _fm_part(ctx: MethodContext) -> Candidate:
+    model = fm_part(ctx.fp32_model)
+    path = ctx.path("fm-part.tflite")
+    export_litert(model, path)
+    return Candidate(tflite_path=path, keras_model=model)
+
+
+add_method("fm-part", _fm_part, description="timing reference: the fp32 model without its DNN "
+           "(first order + FM/FwFM terms only); the DNN part's latency is a row's minus this one's")
