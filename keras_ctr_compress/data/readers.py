@@ -368,10 +368,18 @@ class DelimitedSource(Source):
                                                  quoted_strings_can_be_null=False),
         )
 
+    def _empty_chunk(self, src: str) -> Chunk:
+        cols = {c.name: np.empty(0, dtype=object if c.kind == CATEGORICAL else np.float64) for c in self.columns}
+        none = np.empty(0, dtype=np.int64)
+        return Chunk(cols, np.empty(0, dtype=np.int8), src, none, none.copy())
+
     def _parse_block(self, block: bytes, first: int, path: Path, fmt: TextFormat, bad: BadRows) -> Chunk:
         src = str(path)
         expected = self._expected_row(fmt)
         block, lines, problems = prescan_block(block, first, src, f"a row of {expected}")
+        if not block:  # every line of the block was empty or not UTF-8 (pyarrow refuses an empty input)
+            report_bad(bad, problems)
+            return self._empty_chunk(src)
         invalid: list[tuple[int, int]] = []
         numeric_names = [c.name for c in self.columns if c.kind != CATEGORICAL]
         try:
