@@ -165,7 +165,30 @@ def test_unsupported_models_and_layers_get_clear_errors():
         replace_layers(nested, lambda layer: None)
 
 
-def test_plans_on_a_user_mlp(ds, tmp_path):
+@pytest.fixture(scope="module")
+def trained_mlp(ds):
+    return _fit(user_mlp(ds), ds)
+
+
+def test_search_on_a_user_mlp(ds, trained_mlp, tmp_path):
+    from keras_ctr_compress.search import search
+
+    fields = _fields(ds)
+    ref = as_reference_model(trained_mlp, fields=fields)  # the search reads the id-matrix layout
+    lines: list[str] = []
+    res = search(ref, ds, max_ratio=1.5, trials=2, tuner="random", out_dir=tmp_path / "search", seed=0,
+                 final_epochs=1, latency_plans=3, log=lines.append)
+    assert len(res.trials) == 2 and res.best_plan is not None and res.tflite_path.exists()
+    assert res.best["bytes"] <= res.fp32_bytes / 1.5
+    assert any(line.startswith("[search]") for line in lines)
+    kept = res.best.get("kept_field_indices") or list(range(len(fields)))
+    shipped = with_user_inputs(res.best_model, like=trained_mlp)  # the user's input names again
+    path = export_litert(shipped, tmp_path / "searched_user.tflite")
+    x_user = {fields[k]: inputs_from_ids(ds.test.x[:500], trained_mlp, fields)[fields[k]] for k in kept}
+    assert check_parity(shipped, path, x_user) < 1e-4
+
+
+def test_plans_on_a_user_mlp(ds, trained_mlp, tmp_path):
     from keras_ctr_compress.search import (
         DensePlan,
         FinetuneOptions,
@@ -177,7 +200,7 @@ def test_plans_on_a_user_mlp(ds, tmp_path):
     )
     from keras_ctr_compress.search import anatomy as read_anatomy
 
-    model = _fit(user_mlp(ds), ds)
+    model = trained_mlp
     fields = _fields(ds)
     ref = as_reference_model(model, fields=fields)
     assert [t.name for t in ref.inputs] == ["ids"] and ref.get_layer(f"emb_{fields[0]}").input_dim == ds.fields[0].vocab_size
