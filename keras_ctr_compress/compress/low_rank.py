@@ -703,6 +703,12 @@ def low_rank(
     compressed layers are :class:`LowRankDense` / :class:`LowRankEmbedding` with the
     same names; every other layer keeps its weights.
 
+    Example::
+
+        small, report = low_rank(model, ds.train.x[:65536], ranks={"dnn_0": 32, "emb_c3": 4},
+                                 method="afm", fold_embeddings=True)
+        print(report.to_text())               # per layer: rank, bytes before / after, explained variance
+
     Args:
         model: a trained Keras functional model.
         calibration_data: model inputs: an id matrix ``(N, F)``, a ``Split``, or an

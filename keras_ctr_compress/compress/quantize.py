@@ -332,6 +332,12 @@ def quantize_and_finetune(
 ) -> tuple[keras.Model, dict]:
     """Trained fp32 model -> quantised, fine-tuned, finalized model (ready to export).
 
+    Example::
+
+        small, info = quantize_and_finetune(model, ds.train, ds.valid, method="alpt", bits=4,
+                                            granularity="table", epochs=2)
+        export_litert(small, "alpt4.tflite")     # packed int4 codes + fp16 scales per row
+
     Args:
         model: the trained float model (left untouched).
         train, valid: encoded splits (``.x`` int32 ``(n, F)``, ``.y``).

@@ -66,6 +66,11 @@ def _supported(op) -> bool:
 def check_supported(model: keras.Model) -> None:
     """Clear errors for models the compression API cannot rebuild.
 
+    Example::
+
+        check_supported(model)     # ValueError: model 'm': layer 'my_scale' (mypkg.Scale) is not supported; ...
+        allow_layer(Scale)         # vouch for a custom layer whose get_config() rebuilds it
+
     Raises:
         ValueError: a subclassed model (no layer graph to rebuild), a nested model
             (swaps would not reach its layers), or a layer outside the supported
@@ -256,6 +261,12 @@ def as_reference_model(model: keras.Model, fields: Sequence[str] | None = None) 
     input has shape ``(1,)``, the ``Flatten`` / ``Reshape((dim,))`` after its Embedding
     becomes a no-op (the column is ``(batch,)`` here). Predictions are unchanged.
     A model already in the reference layout is returned as it is.
+
+    Example::
+
+        ref = as_reference_model(user_model, fields=[f.name for f in ds.fields])
+        ref.inputs[0].shape, ref.get_layer("emb_site")     # (None, F) int32, the user's site table
+        small, info = apply_plan(ref, plan, ds)             # or search(ref, ds, max_ratio=4, ...)
 
     Args:
         model: a functional model with one integer input per field.

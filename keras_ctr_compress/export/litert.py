@@ -236,6 +236,12 @@ def export_litert(
     on a smoke batch) and only then renamed onto ``path``. On any failure no new file
     is left behind (an older file at ``path`` stays as it was).
 
+    Example::
+
+        path = export_litert(model, "runs/m.tflite")                      # float32, builtins only
+        export_litert(model, "runs/m_drq.tflite", quantization="drq")     # int8 weights, DRQ
+        check_parity(model, path, ds.test.x[:1000])                       # max |LiteRT - Keras|
+
     Args:
         model: a built Keras 3 model (functional, with custom layers allowed).
         path: destination, must end with ``.tflite``; parent folders are created.

@@ -191,6 +191,12 @@ def _sum_by(tensors: Iterable[TensorBytes], key: Callable[[TensorBytes], str]) -
 def size_breakdown(path: str | Path, categorize: Categorizer | None = None) -> SizeReport:
     """Lists every tensor of ``path`` that owns constant data, with its category.
 
+    Example::
+
+        report = size_breakdown("runs/m.tflite")
+        report.by_category     # {"embedding_tables": 215280, "dense_weights": 1284004, ...}
+        print(report.to_text(max_tensors=10))
+
     Args:
         path: a .tflite file.
         categorize: maps a :class:`TensorBytes` (category field still empty) to a

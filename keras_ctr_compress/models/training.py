@@ -247,6 +247,11 @@ def train_model(
 ) -> dict:
     """Fits ``model`` with early stopping on exact validation AUC (best weights restored).
 
+    Example::
+
+        summary = train_model(model, ds.train, ds.valid, TrainConfig(epochs=5, batch_size=512))
+        summary["best_epoch"], summary["best_val_auc"], evaluate(model, ds.test)["auc"]
+
     Args:
         model, train, valid: the model and its encoded splits (labels 0 / 1; the
             validation split needs both classes, checked before training starts).
