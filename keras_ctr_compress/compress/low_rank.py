@@ -1026,11 +1026,16 @@ def compress_low_rank(
     all_ranks = {**uniform_ranks(model, dense=dense_rank, embedding=embedding_rank), **(ranks or {})}
     if not all_ranks:
         raise ValueError("give `ranks`, `dense_rank` or `embedding_rank`")
+    from keras_ctr_compress.console import progress
+
     calibration = dataset.train.x[:calibration_rows]
+    progress(f"[low-rank] {method}: calibrating {len(all_ranks)} layers on {len(calibration):,} training rows")
     new_model, report = low_rank(
         model, calibration, ranks=all_ranks, method=method, middle_activation=middle_activation,
         fold_embeddings=fold_embeddings, order=order, table_weighting=table_weighting,
     )
+    progress(f"[low-rank] {len(report.compressed)} layers compressed, {report.bytes_before:,} -> "
+             f"{report.bytes_after:,} bytes" + ("; fine-tuning" if finetune else ""))
     tuned = None
     if finetune:
         tuned = run_finetune(new_model, dataset.train, dataset.valid, seed=seed, **(finetune_options or {}))
