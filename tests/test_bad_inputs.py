@@ -241,6 +241,14 @@ def _no_change(path: Path) -> None:
     return None
 
 
+def _compress(plan: dict | bytes):
+    def setup(tmp: Path, trained: dict) -> list[str]:
+        path = tmp / "plan.json"
+        path.write_bytes(plan if isinstance(plan, bytes) else json.dumps(plan).encode())
+        return ["compress", "--model", str(trained["model"]), "--plan", str(path), "--out", f"{tmp}/small"]
+    return setup
+
+
 def _resume_missing(tmp: Path, trained: dict) -> list[str]:
     return ["train", "--resume", "--out", f"{tmp}/never"]
 
@@ -307,6 +315,25 @@ BAD_INPUTS = [
          "m.preprocessor.json: corrupted preprocessor JSON"),
     Case("malformed row at scoring", _score(_no_change, with_line(good_rows(60), 3, "1,s1")), "new.csv:3: 2 columns"),
     Case("one-class data at scoring", _score(_no_change, ["0,s1,a1,2.0,3"] * 10, "--split", "all"), "AUC is undefined, all 10 labels are 0"),
+    # --- invalid plans and impossible budgets ---
+    Case("plan: unknown layer", _compress({"version": 1, "dense": {"dnn_7": {"rank": 2}}}),
+         "plan entry dense.dnn_7: model 'deepfm' has no Dense layer 'dnn_7'"),
+    Case("plan: bits out of range", _compress({"version": 1, "tables": {"app": {"method": "quant", "bits": 16}}}),
+         "plan entry tables.app: bits=16 is not allowed for method 'quant' (choose 8, 4 or 2)"),
+    Case("plan: rank too large", _compress({"version": 1, "dense": {"dnn_0": {"rank": 64}}}),
+         "plan entry dense.dnn_0: rank=64 must be in [1, 7]"),
+    Case("plan: pruning every field", _compress({"version": 1, "tables": {f: {"method": "pruned"} for f in
+                                                                         ("site", "app", "price", "user")}}),
+         "plan entry tables: every field is pruned; keep at least 2"),
+    Case("plan: truncated JSON", _compress(b'{"version": 1, "tables": {"site": {"meth'),
+         "plan.json: plan: not valid JSON (line 1, column"),
+    Case("plan: a pickle, not JSON", _compress(b"\x80\x04\x95\x10\x00\x00\x00\x00\x00\x00\x00}\x94."),
+         "plan.json: not a plan file (not UTF-8 text; a plan is JSON)"),
+    Case("plan: missing file", lambda tmp, t: ["compress", "--model", str(t["model"]), "--plan", f"{tmp}/nope.json",
+                                              "--out", f"{tmp}/small"], "nope.json: no such plan file"),
+    Case("impossible byte budget", lambda tmp, t: ["search", "--model", str(t["model"]), "--out", f"{tmp}/search",
+                                                  "--max-bytes", "100", "--trials", "1"],
+         "budget max_bytes=100 is below the smallest plan of the search space"),
     # --- interrupted work ---
     Case("--resume without a checkpoint", _resume_missing, "never/checkpoint.npz: no checkpoint to resume"),
     Case("--resume with a corrupted checkpoint", _resume_corrupted, "checkpoint.npz: corrupted training checkpoint"),
