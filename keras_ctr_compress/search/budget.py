@@ -194,7 +194,7 @@ def check_possible(encoding: Encoding, cost, latency, budget: Budget, fp32_bytes
             f"budget max_bytes={int(budget.max_bytes):,} is below the smallest plan of the search space "
             f"({int(min_bytes):,} bytes, 1/{fp32_bytes / min_bytes:.1f} of the fp32 file's {fp32_bytes:,}): "
             "raise the budget or widen the space")
-    if budget.max_latency_us is not None and out["min_latency_us"] > budget.max_latency_us:
+    if budget.max_latency_us is not None and latency is not None and out["min_latency_us"] > budget.max_latency_us:
         raise ValueError(
             f"budget max_latency_us={budget.max_latency_us:g} is below the fastest plan of the search space "
             f"({out['min_latency_us']:.1f} us predicted at batch 1 on this machine): raise the budget")

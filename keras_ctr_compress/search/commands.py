@@ -109,8 +109,10 @@ def cmd_search(a, log: Callable[[str], None]) -> int:
     print(f"best plan (trial {b['trial_id']}): {res.out_dir / 'best_plan.json'}")
     print(f"  {b['bytes']:,} B (1/{res.fp32_bytes / b['bytes']:.1f} of fp32 {res.fp32_bytes:,} B; cost model "
           f"{b['bytes_predicted']:,}), val AUC {b['val_auc']:.5f}, test AUC {auc:.5f} (LiteRT, {len(x):,} rows)")
-    print(f"  latency batch 1: {b['latency_us_measured']:.1f} us measured, {b['latency_us_predicted']:.1f} us "
-          f"predicted ({b['latency_rel_error']:+.0%}); parity {b['parity_max_abs']:.1e}")
+    pred = b["latency_us_predicted"]
+    print(f"  latency batch 1: {b['latency_us_measured']:.1f} us measured"
+          + (f", {pred:.1f} us predicted ({b['latency_rel_error']:+.0%})" if pred is not None else "")
+          + f"; parity {b['parity_max_abs']:.1e}")
     print(f"  file {res.tflite_path}; Pareto front {res.out_dir / 'pareto.json'}, plot {res.pareto_png}")
     return 0
 

@@ -242,8 +242,9 @@ class _Progress:
         if trial.status == "COMPLETED":
             m = trial.metrics
             nbytes = m.get_last_value("bytes")
+            lat = m.get_last_value("latency_us")
             what = (f"val AUC {m.get_last_value('val_auc'):.5f}, {int(nbytes):,} B (1/{self.fp32 / nbytes:.1f} of "
-                    f"fp32), {m.get_last_value('latency_us'):.1f} us predicted")
+                    f"fp32)" + (f", {lat:.1f} us predicted" if lat == lat else ""))
         else:
             msg = (trial.message or "").strip().splitlines()
             what = f"{trial.status}: {msg[-1] if msg else 'no message'}"
@@ -386,8 +387,8 @@ def search(
         raise ValueError("the search space has nothing left to choose (every entry is fixed)")
     manifest = _manifest(model, data, space, budget, tuner, seed, fp32_bytes, trial_epochs)
     resuming = False
-    if role == "worker":
-        _wait_for([out / MANIFEST, out / LATENCY_FILE], WORKER_WAIT_SECONDS, "settings and latency model")
+    if role == "worker":  # the chief writes its latency model first, its settings last
+        _wait_for([out / MANIFEST], WORKER_WAIT_SECONDS, "settings")
         _compare(json.loads((out / MANIFEST).read_text()), manifest, out / MANIFEST)
     else:
         resuming = _check_state(out, state, manifest, resume)
@@ -438,10 +439,15 @@ def search(
     if role == "worker":
         mine = [t for t in finished if t.get("tuner_id") == os.environ.get("KERASTUNER_TUNER_ID")]
         return SearchResult(None, None, None, mine, [], None, budget=budget, fp32_bytes=fp32_bytes,
-                            latency=latency.summary(), timings=timing_summary(mine, rss_before, setup_seconds),
+                            latency=_latency_summary(latency),
+                            timings=timing_summary(mine, rss_before, setup_seconds),
                             out_dir=out, role=role)
     return _results(model, data, finished, budget, cost, latency, out, seed, final_epochs, calibration_rows,
-                    fp32_bytes, timings, possible, role, log, verbose)
+                    fp32_bytes, timings, possible, role, log, verbose, runner.best)
+
+
+def _latency_summary(latency: LatencyModel | None) -> dict:
+    return latency.summary() if latency is not None else {"source": "not predicted (latency_plans=0)"}
 
 
 def _with_finetune(space: SearchSpace, finetune: dict) -> SearchSpace:
@@ -453,7 +459,8 @@ def _with_finetune(space: SearchSpace, finetune: dict) -> SearchSpace:
 
 def _latency(given, model, data, space, out: Path, role: str, plans: int, seed: int, possible: dict,
              log, verbose) -> LatencyModel:
-    """The latency model: given, saved by an earlier run / the chief, or calibrated now."""
+    """The latency model: given, saved by an earlier run / the chief, calibrated now, or
+    None (``latency_plans=0`` and none saved: latency is neither predicted nor capped)."""
     path = out / LATENCY_FILE
     if isinstance(given, LatencyModel):
         lat = given
@@ -461,6 +468,10 @@ def _latency(given, model, data, space, out: Path, role: str, plans: int, seed: 
         lat = LatencyModel.load(given, model)
     elif path.exists():
         return LatencyModel.load(path, model)
+    elif plans == 0 or role == "worker":
+        if verbose and role != "worker":
+            log("[search] latency is not predicted (latency_plans=0): the Pareto front is over AUC and bytes")
+        return None
     else:
         if verbose:
             log(f"[search] calibrating the latency model on {plans} exported plans (LiteRT, batch 1, 1 thread)")
@@ -479,7 +490,7 @@ def _latency(given, model, data, space, out: Path, role: str, plans: int, seed: 
 
 
 def _results(model, data, finished, budget, cost, latency, out, seed, final_epochs, calibration_rows, fp32_bytes,
-             timings, possible, role, log, verbose) -> SearchResult:
+             timings, possible, role, log, verbose, kept=None) -> SearchResult:
     if not finished:
         raise ValueError(f"{out}: no trial finished (see the trial messages in {out / 'tuner' / PROJECT})")
     front = pareto_front(finished)
@@ -489,28 +500,33 @@ def _results(model, data, finished, budget, cost, latency, out, seed, final_epoc
     png = plot_front(finished, front, out / "pareto.png", max_bytes=budget.max_bytes, fp32_bytes=fp32_bytes,
                      title=f"{model.name}: {len(finished)} trials, budget {budget.describe()}")
     best_plan, best_model, best = _finalize(model, data, finished, budget, cost, latency, out, seed, final_epochs,
-                                            calibration_rows, log, verbose)
+                                            calibration_rows, log, verbose, kept)
     result = SearchResult(best_plan, best_model, Path(best["path"]), finished, front, png, best=best, budget=budget,
-                          fp32_bytes=fp32_bytes, latency=latency.summary(), timings=timings, out_dir=out, role=role)
+                          fp32_bytes=fp32_bytes, latency=_latency_summary(latency), timings=timings, out_dir=out,
+                          role=role)
     summary = result.to_dict()
     summary["smallest_plan"] = possible
     summary["pareto_table"] = front_table(front, fp32_bytes)
     summary["trials"] = [{k: t[k] for k in ("trial_id", "val_auc", "bytes", "latency_us", "score")} for t in finished]
     atomic_write_text(out / "result.json", json.dumps(summary, indent=1, default=str) + "\n")
     if verbose:
+        pred = best["latency_us_predicted"]
         log(f"[search] best plan: trial {best['trial_id']}, val AUC {best['val_auc']:.5f} after the final fine-tune "
             f"({best['trial_val_auc']:.5f} in its trial), {best['bytes']:,} B (1/{fp32_bytes / best['bytes']:.1f} "
-            f"of fp32), latency {best['latency_us_measured']:.1f} us measured vs {best['latency_us_predicted']:.1f} "
-            f"predicted -> {best['path']}")
+            f"of fp32), latency {best['latency_us_measured']:.1f} us measured"
+            + (f" vs {pred:.1f} predicted" if pred is not None else "") + f" -> {best['path']}")
     return result
 
 
 def _finalize(model, data, finished, budget, cost, latency, out, seed, final_epochs, calibration_rows, log,
-              verbose) -> tuple[Plan, keras.Model, dict]:
+              verbose, kept=None) -> tuple[Plan, keras.Model, dict]:
     """The best trial's plan fine-tuned with the final recipe, exported, checked.
 
     Trials go in score order; one whose exported file is over the byte budget (the
     cost model is within 1%, so only a plan at the budget's edge can be) is skipped.
+    Where the final recipe is the trial's own (``final_epochs`` not above the trial's
+    epochs) and this process still holds that trial's model (``kept``), it is used
+    as it is instead of being rebuilt.
     """
     from keras_ctr_compress.artifacts import save_trained
     from keras_ctr_compress.compress import select_fields
@@ -522,9 +538,12 @@ def _finalize(model, data, finished, budget, cost, latency, out, seed, final_epo
         plan = Plan.from_dict(t["plan"])
         if final_epochs > plan.finetune.epochs:
             plan = replace(plan, finetune=replace(plan.finetune, epochs=final_epochs, patience=2))
-        if verbose:
-            log(f"[search] final fine-tune of trial {t['trial_id']} (up to {plan.finetune.epochs} epochs)")
-        small, info = apply_plan(model, plan, data, seed=seed, calibration_rows=calibration_rows)
+        if kept is not None and kept["trial_id"] == t["trial_id"] and plan == Plan.from_dict(t["plan"]):
+            small, info = kept["model"], kept["info"]
+        else:
+            if verbose:
+                log(f"[search] final fine-tune of trial {t['trial_id']} (up to {plan.finetune.epochs} epochs)")
+            small, info = apply_plan(model, plan, data, seed=seed, calibration_rows=calibration_rows)
         kept = info["kept_field_indices"]
         x_check = select_fields(data.valid.x[:CHECK_ROWS], kept)
         exported = export_plan(small, plan, out / "best.tflite", check_x=x_check)
@@ -541,10 +560,11 @@ def _finalize(model, data, finished, budget, cost, latency, out, seed, final_epo
             "final_best_epoch": ft.get("best_epoch"), "final_train_seconds": ft.get("train_seconds"),
             "bytes": int(exported["bytes"]), "bytes_predicted": int(cost.plan_bytes(plan)),
             "parity_max_abs": exported["parity_max_abs"], "drq_max_abs": exported["drq_max_abs"],
-            "latency_us_measured": float(lat), "latency_us_predicted": latency.predict(plan),
+            "latency_us_measured": float(lat),
+            "latency_us_predicted": None if latency is None else latency.predict(plan),
             "kept_field_indices": kept, "path": exported["path"], "plan": plan.to_dict(),
         }
-        best["latency_rel_error"] = (best["latency_us_predicted"] - lat) / lat
+        best["latency_rel_error"] = None if latency is None else (best["latency_us_predicted"] - lat) / lat
         plan.save(out / "best_plan.json")
         save_trained(out / "best", small, data.preprocessor,
                      {"plan": plan.to_dict(), "kept_field_indices": kept, "search": {

@@ -95,10 +95,10 @@ class Encoding:
     # ------------------------------------------------------------------ keras-tuner
 
     def hyperparameters(self) -> kt.HyperParameters:
-        """The keras-tuner search space (defaults: the first, largest value of each)."""
+        """The keras-tuner search space (defaults: the unchanged model where it is a choice)."""
         hp = kt.HyperParameters()
         for name, tokens in self.tables.items():
-            hp.Choice(f"tables.{name}", list(tokens), ordered=False)
+            hp.Choice(f"tables.{name}", list(tokens), ordered=False, default=_default_token(tokens))
         for name, units in self.units.items():
             hp.Choice(f"dense.{name}.units", units)
         for name, ranks in self.ranks.items():
@@ -121,7 +121,7 @@ class Encoding:
         """
         tables: dict = {}
         for name, tokens in self.tables.items():
-            token = values.get(f"tables.{name}", next(iter(tokens)))
+            token = values.get(f"tables.{name}", _default_token(tokens))
             if token not in tokens:
                 raise ValueError(f"hyperparameter tables.{name}: unknown value {token!r}")
             if tokens[token]["method"] != "fp32":
@@ -142,7 +142,8 @@ class Encoding:
                 entry["units"] = units
             if rank != FULL:
                 entry["rank"] = int(rank)
-            dense[name] = entry
+            if entry:
+                dense[name] = entry
         pairs = None
         if self.space.pairs is not None and "pairs" not in self.space.fixed:
             s = float(values.get("pairs", self.sparsities[0] if self.sparsities else self.space.pairs.sparsities[0]))
@@ -209,6 +210,11 @@ class Encoding:
                 if 0 <= j < len(choices):
                     out.append({**values, name: choices[j]})
         return out
+
+
+def _default_token(tokens: Mapping[str, dict]) -> str:
+    """``fp32`` (the table unchanged) where it is an option, else the first (largest)."""
+    return "fp32" if "fp32" in tokens else next(iter(tokens))
 
 
 def _only_units(d) -> int:

@@ -289,6 +289,8 @@ class TrialRunner:
         self.model, self.data, self.encoding = model, data, encoding
         self.cost, self.latency, self.budget = cost, latency, budget
         self.seed, self.calibration_rows = seed, calibration_rows
+        #: the best trial of this process so far: ``{"trial_id", "score", "model", "info"}`` (one model held)
+        self.best: dict | None = None
 
     def run(self, trial_id: str, values: dict, trial_dir: str | Path) -> dict:
         from keras_ctr_compress.compress import select_fields
@@ -306,10 +308,12 @@ class TrialRunner:
             val_auc = evaluate(small, select_fields(self.data.valid, info["kept_field_indices"]),
                                where="validation split")["auc"]
             train_s = 0.0
-        del small
         nbytes = self.cost.plan_bytes(plan)
         lat = self.latency.predict(plan) if self.latency is not None else math.nan
         score = self.budget.score(val_auc, nbytes, lat)
+        if self.best is None or score > self.best["score"]:  # keep it: the final step may ship it as it is
+            self.best = {"trial_id": trial_id, "score": score, "model": small, "info": info}
+        del small
         seconds = time.perf_counter() - t0
         record = {
             "trial_id": trial_id, "plan": plan.to_dict(), "val_auc": float(val_auc), "bytes": int(nbytes),
