@@ -123,7 +123,44 @@ def test_report_from_fixture(tmp_path):
     readme.write_text(f"intro\n{START}\nold\n{END}\noutro\n")
     out = write_results_readme(results, readme)
     text = out.read_text()
-    assert "## fixture / ?" in text and "| deepfm | drq |" in text
-    assert (results / "fixture.png").stat().st_size > 1000
+    assert "## fixture" in text and "| deepfm | drq |" in text and "`fixture.json`" in text
+    assert (results / "fixture_summary.png").stat().st_size > 1000
+    assert (results / "fixture_summary_latency.png").stat().st_size > 1000
     new = readme.read_text()
     assert "old" not in new and "| deepfm | fp32 |" in new and new.startswith("intro") and new.endswith("outro\n")
+
+
+def test_report_joins_a_datasets_records_and_flags_disagreement(tmp_path):
+    from keras_ctr_compress.bench.report import dataset_rows, reference_notes, write_results_readme
+
+    results = tmp_path / "results"
+    results.mkdir()
+    a = _fixture()
+    b = _fixture()
+    # a second record of the same dataset: one more method, fp32 trained differently on seed 1
+    b["results"] = [dict(r) for r in b["results"] if r["method"] == "fp32"]
+    b["results"][1]["test_auc"] = 0.95
+    b["results"] += [dict(r, method="alpt-4", tflite_bytes=200, latency_us_b1=r["latency_us_b1"] / 2)
+                     for r in b["results"]]
+    b["machine"] = {"cpu": "other", "cores": 64}
+    (results / "a.json").write_text(json.dumps(a))
+    (results / "b.json").write_text(json.dumps(b))
+    (results / "memory.json").write_text(json.dumps({
+        "schema": "kcc-memory/1", "rows": 10, "dim": 2, "steps": 1, "batch": 4, "command": "kcc memory",
+        "results": [{"config": "fp32-adam", "table_dtype": "float32", "peak_rss_mb": 900.0, "table_share_mb": 80.0},
+                    {"config": "lpt-sgd", "table_dtype": "int8", "peak_rss_mb": 830.0, "table_share_mb": 10.0}],
+        "fp32_share_over": {"lpt-sgd": 8.0}}))
+    (results / "notes.json").write_text("{}")
+    records = [(results / "a.json", a), (results / "b.json", b)]
+    rows = {r["method"]: r for r in dataset_rows(records)}
+    assert list(rows) == ["fp32", "drq", "alpt-4"]
+    assert rows["alpt-4"]["record"] == "b.json" and rows["drq"]["record"] == "a.json"
+    # ratios against the fp32 row of the row's own record
+    assert rows["alpt-4"]["bytes_ratio"] == 0.2 and abs(rows["alpt-4"]["lat_b1_ratio"] - 0.5) < 1e-9
+    notes = reference_notes(records)
+    assert any("fp32 deepfm seed 1 differs between records" in n for n in notes)
+    assert any("different machines" in n for n in notes)
+    text = write_results_readme(results).read_text()
+    assert text.count("## fixture") == 1 and "| deepfm | alpt-4 |" in text
+    assert "## Training memory (`memory.json`)" in text and "| lpt-sgd | int8 | 830 | 10 | 8.00x |" in text
+    assert "not benchmark records of a known schema): notes.json" in text
