@@ -14,7 +14,7 @@ TFIO_VENV  := .venv-tfio
 TFIO_STAMP := $(TFIO_VENV)/.installed-tfio
 TFIO_PINS  := "tensorflow-cpu==2.16.2" "tensorflow-io==0.37.1" "numpy<2" "pyarrow<26" "pandas<3" "pytest>=8"
 
-.PHONY: venv demo test tfio-venv test-tfio bench lint clean
+.PHONY: venv demo test tfio-venv test-tfio bench parity-sweep lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -65,6 +65,14 @@ bench: $(STAMP) $(TFMOT_STAMP)
 	$(BIN)/kcc bench --dataset movielens100k --model deepfm --methods $(BENCH_METHODS) --seeds 0 \
 		--json benchmarks/results/movielens100k_deepfm.json
 	$(BIN)/kcc report --results benchmarks/results --readme README.md
+
+# Parity sweep: PARITY_PLANS random valid plans over FM / FwFM / DeepFM / DeepFwFM, each
+# exported builtins-only and checked against Keras in LiteRT (CI runs 8 of them in
+# tests/test_parity_sweep.py); the record goes to benchmarks/results/parity_sweep.json.
+PARITY_PLANS ?= 60
+parity-sweep: $(STAMP)
+	KCC_PARITY_PLANS=$(PARITY_PLANS) KCC_PARITY_RECORD=benchmarks/results/parity_sweep.json \
+		$(BIN)/python -m pytest -q -s -p no:cacheprovider tests/test_parity_sweep.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check keras_ctr_compress tests

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from keras_ctr_compress.utils import atomic_write_text
+from keras_ctr_compress.utils import atomic_path, atomic_write_text
 
 QUICK_DATA = "synthetic:rows=20000,fields=8,seed=0"
 
@@ -52,8 +52,9 @@ def run_demo(out: str | Path = "runs/demo", data: str = "synthetic", epochs: int
     rows = {r["method"]: r for r in rec["results"]}
     for method in rows:
         dst = out / f"{method}.tflite"
-        shutil.copyfile(out / "bench" / "seed0" / f"{method}.tflite", dst)
         write_sidecar(dst, model_dir / PREPROCESSOR_FILE)
+        with atomic_path(dst, suffix=".tflite") as tmp:  # a killed demo leaves no truncated .tflite
+            shutil.copyfile(out / "bench" / "seed0" / f"{method}.tflite", tmp)
     log("[demo] scoring the fp32 artefact on raw test rows in the LiteRT interpreter")
     scored = score_tflite(out / "fp32.tflite", data)
     gap = abs(scored["auc"] - rows["fp32"]["test_auc"])

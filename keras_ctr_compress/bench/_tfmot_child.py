@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -306,8 +307,19 @@ def convert(model, out: Path) -> bytes:
     conv = tf.lite.TFLiteConverter.from_keras_model(model)
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     blob = conv.convert()
-    out.write_bytes(blob)
+    write_atomically(out, blob)
     return blob
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Temporary name, then rename: a killed child never leaves a truncated file under
+    the real name (this process may not import the library's ``utils``)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def file_parity(blob: bytes, model, x: np.ndarray) -> float:
@@ -345,7 +357,7 @@ def run(arch_path: Path, data_path: Path, out_path: Path, report_path: Path) -> 
         # tfmot itself may import the keras package; the library's modules must not be here.
         "library_imported": any(m.startswith("keras_ctr_compress") for m in sys.modules),
     }
-    report_path.write_text(json.dumps(report, indent=1))
+    write_atomically(report_path, json.dumps(report, indent=1).encode())
     return report
 
 
