@@ -175,6 +175,18 @@ def test_impossible_budgets_fail_before_any_training(model, data, searched, tmp_
     assert not any((tmp_path / d / "tuner").exists() for d in ("a", "b", "c"))  # no trial, no state
 
 
+def test_search_refuses_to_overwrite_or_to_resume_another_search(model, data, searched, tmp_path):
+    res, _ = searched
+    with pytest.raises(ValueError, match="already holds a search .* resume it with resume=True"):
+        search(model, data, max_ratio=RATIO, max_latency_us=1e4, trials=2, out_dir=res.out_dir)
+    with pytest.raises(ValueError, match="started with other settings \\(tuner: \"bayesian\" vs now \"random\"\\)"):
+        search(model, data, max_ratio=RATIO, max_latency_us=1e4, trials=2, tuner="random", out_dir=res.out_dir,
+               resume=True)
+    with pytest.raises(ValueError, match="nothing to resume"):
+        search(model, data, max_ratio=RATIO, trials=2, out_dir=tmp_path / "empty", resume=True)
+    assert len(json.loads((res.out_dir / "trials.json").read_text())) == 2  # untouched
+
+
 # ---------------------------------------------------------------------- end to end
 
 

@@ -352,6 +352,11 @@ def cost_model(model: keras.Model, reference: str | Path | None = None) -> CostM
     return cached
 
 
+def cached_cost_model(model: keras.Model) -> CostModel | None:
+    """The cached :class:`CostModel` of ``model`` if one was built in this process."""
+    return _CACHE.get(model)
+
+
 def plan_bytes(model: keras.Model, plan: Plan, *, reference: str | Path | None = None) -> int:
     """Exact bytes of the ``.tflite`` the plan exports to, before anything is built.
 

@@ -26,6 +26,7 @@ its files, then run trials; the chief writes the results when all are done.
 Output folder::
 
     search.json          the settings (a resume must match them)
+    fp32.tflite          the reference export the cost model measured
     latency_model.json   the calibrated latency model
     tuner/search/        keras-tuner's state: oracle.json, trial_<id>/{trial,result,timing}.json
     trials.json          every finished trial: plan, val AUC, bytes, latency, score, seconds
@@ -43,6 +44,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -76,6 +79,7 @@ from keras_ctr_compress.utils import atomic_write_text
 MANIFEST = "search.json"
 MANIFEST_FORMAT = "keras-ctr-compress-search"
 LATENCY_FILE = "latency_model.json"
+REFERENCE_FILE = "fp32.tflite"
 PROJECT = "search"
 #: how long a worker waits for the chief's settings and latency model
 WORKER_WAIT_SECONDS = 1800
@@ -193,7 +197,7 @@ def _compare(old: dict, new: dict, where: Path) -> None:
                              "resume with the same model, data, budget, tuner, seed and space, or use another out_dir")
 
 
-def _check_state(out: Path, state: Path, manifest: dict, resume: bool) -> bool:
+def _check_state_exists(out: Path, state: Path, resume: bool) -> bool:
     """Whether there is a search to resume; refuses to overwrite one or resume nothing."""
     exists = (state / "oracle.json").exists()
     if exists and not resume:
@@ -201,12 +205,35 @@ def _check_state(out: Path, state: Path, manifest: dict, resume: bool) -> bool:
                          "(kcc search --resume) or choose another out_dir")
     if resume and not exists:
         raise ValueError(f"{out}: nothing to resume (no search state in {state})")
+    return exists
+
+
+def _check_state(out: Path, state: Path, manifest: dict, resume: bool) -> bool:
+    """:func:`_check_state_exists`, and a resumed search must have the same settings."""
+    exists = _check_state_exists(out, state, resume)
     if exists:
         path = out / MANIFEST
         if not path.exists():
             raise ValueError(f"{path}: missing; cannot check that the resumed search has the same settings")
         _compare(json.loads(path.read_text()), manifest, path)
     return exists
+
+
+def _cost(model: keras.Model, out: Path, *, reuse: bool):
+    """The cost model. Its fp32 reference file is kept in ``out_dir``: a resumed run or
+    a worker reads it instead of exporting the model again (the settings check that
+    follows compares the model's weights digest)."""
+    from keras_ctr_compress.export import export_litert
+    from keras_ctr_compress.search.cost import cached_cost_model
+
+    ref = out / REFERENCE_FILE
+    if reuse and ref.exists():
+        return cost_model(model, reference=ref)
+    cached = cached_cost_model(model)
+    if cached is not None:  # measured already in this process
+        return cached
+    export_litert(model, ref)
+    return cost_model(model, reference=ref)
 
 
 def _wait_for(paths: list[Path], seconds: float, what: str) -> None:
@@ -242,7 +269,7 @@ class _Progress:
         if trial.status == "COMPLETED":
             m = trial.metrics
             nbytes = m.get_last_value("bytes")
-            lat = m.get_last_value("latency_us")
+            lat = m.get_last_value("latency_us") if m.exists("latency_us") else float("nan")
             what = (f"val AUC {m.get_last_value('val_auc'):.5f}, {int(nbytes):,} B (1/{self.fp32 / nbytes:.1f} of "
                     f"fp32)" + (f", {lat:.1f} us predicted" if lat == lat else ""))
         else:
@@ -255,6 +282,33 @@ class _Progress:
 def _clock(seconds: float) -> str:
     s = int(round(seconds))
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class _InterruptFlag:
+    """While active, Ctrl-C raises KeyboardInterrupt as usual AND is remembered, so
+    that one Python swallows (raised inside a finalizer) still stops the search at the
+    next trial boundary (see ``PlanTuner``). Only in the main thread."""
+
+    def __init__(self):
+        self._set = False
+        self._old = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def _handler(self, signum, frame):
+        self._set = True
+        raise KeyboardInterrupt
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
 
 
 # ---------------------------------------------------------------------- collecting
@@ -378,7 +432,11 @@ def search(
     role = _role()
     out = Path(out_dir)
     state = out / "tuner" / PROJECT
-    cost = cost_model(model)
+    if role == "worker":  # the chief writes its reference file and latency model first, its settings last
+        _wait_for([out / MANIFEST], WORKER_WAIT_SECONDS, "settings")
+    else:
+        _check_state_exists(out, state, resume)
+    cost = _cost(model, out, reuse=resume or role == "worker")
     fp32_bytes = int(cost.reference_bytes)
     budget = _budget(fp32_bytes, max_bytes, max_ratio, max_latency_us, soft_budget)
     space = _with_finetune(space or search_space(model), {**(finetune or {}), "epochs": trial_epochs})
@@ -387,8 +445,7 @@ def search(
         raise ValueError("the search space has nothing left to choose (every entry is fixed)")
     manifest = _manifest(model, data, space, budget, tuner, seed, fp32_bytes, trial_epochs)
     resuming = False
-    if role == "worker":  # the chief writes its latency model first, its settings last
-        _wait_for([out / MANIFEST], WORKER_WAIT_SECONDS, "settings")
+    if role == "worker":
         _compare(json.loads((out / MANIFEST).read_text()), manifest, out / MANIFEST)
     else:
         resuming = _check_state(out, state, manifest, resume)
@@ -413,14 +470,17 @@ def search(
         tuner_file = state / f"{os.environ.get('KERASTUNER_TUNER_ID', 'tuner0')}.json"
         if not tuner_file.exists():
             atomic_write_text(tuner_file, "{}")
-    kt_tuner = PlanTuner(oracle, runner, directory=str(out / "tuner"), project_name=PROJECT, overwrite=False)
+    interrupt = _InterruptFlag()
+    kt_tuner = PlanTuner(oracle, runner, directory=str(out / "tuner"), project_name=PROJECT, overwrite=False,
+                         interrupted=interrupt.is_set)
     if role == "local":
         kt_tuner.save()
     setup_seconds = time.perf_counter() - t_setup
     release_memory()
     rss_before = rss_mb()
     try:
-        kt_tuner.search(verbose=0)
+        with interrupt:
+            kt_tuner.search(verbose=0)
     except kt.errors.FatalError as e:  # e.g. no plan within the budget: the user's problem, say it plainly
         raise ValueError(str(e).strip().splitlines()[0]) from None
     except RuntimeError as e:
@@ -542,7 +602,8 @@ def _finalize(model, data, finished, budget, cost, latency, out, seed, final_epo
             small, info = kept["model"], kept["info"]
         else:
             if verbose:
-                log(f"[search] final fine-tune of trial {t['trial_id']} (up to {plan.finetune.epochs} epochs)")
+                log(f"[search] rebuilding the best plan (trial {t['trial_id']}) with up to {plan.finetune.epochs} "
+                    "fine-tuning epochs")
             small, info = apply_plan(model, plan, data, seed=seed, calibration_rows=calibration_rows)
         kept = info["kept_field_indices"]
         x_check = select_fields(data.valid.x[:CHECK_ROWS], kept)

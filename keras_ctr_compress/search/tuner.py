@@ -323,8 +323,11 @@ class TrialRunner:
             "apply_seconds": info["seconds"], "finetune": ft, "tuner_id": os.environ.get("KERASTUNER_TUNER_ID", "tuner0"),
         }
         atomic_write_text(Path(trial_dir) / RESULT_FILE, json.dumps(record, indent=1) + "\n")
-        return {OBJECTIVE: float(score), "val_auc": float(val_auc), "bytes": float(nbytes), "latency_us": float(lat),
-                "train_seconds": float(train_s), "build_seconds": float(seconds - train_s)}
+        metrics = {OBJECTIVE: float(score), "val_auc": float(val_auc), "bytes": float(nbytes),
+                   "train_seconds": float(train_s), "build_seconds": float(seconds - train_s)}
+        if lat == lat:  # keras-tuner's metric tracker warns on NaN
+            metrics["latency_us"] = float(lat)
+        return metrics
 
 
 class PlanTuner(kt.engine.base_tuner.BaseTuner):
@@ -335,12 +338,20 @@ class PlanTuner(kt.engine.base_tuner.BaseTuner):
     facts behind the search's overhead and memory figures.
     """
 
-    def __init__(self, oracle, runner: TrialRunner, **kwargs):
+    def __init__(self, oracle, runner: TrialRunner, *, interrupted: Callable[[], bool] | None = None, **kwargs):
         self.runner = runner
+        self.interrupted = interrupted or (lambda: False)
         self._marks: dict[str, float] = {}
         super().__init__(oracle=oracle, hypermodel=None, **kwargs)
 
+    def _stop_if_interrupted(self):
+        """A Ctrl-C that Python swallowed (one landing in a finalizer is ignored) still
+        stops the search, at the next trial boundary."""
+        if self.interrupted():
+            raise KeyboardInterrupt
+
     def pre_create_trial(self):
+        self._stop_if_interrupted()
         self._marks = {"cycle": time.perf_counter()}
 
     def on_trial_begin(self, trial):
@@ -371,6 +382,7 @@ class PlanTuner(kt.engine.base_tuner.BaseTuner):
         timing["search_overhead_seconds"] = (timing["propose_seconds"] + timing["report_seconds"]
                                              + timing["release_seconds"] + max(0.0, timing["run_seconds"] - train - build))
         atomic_write_text(Path(self.get_trial_dir(trial.trial_id)) / TIMING_FILE, json.dumps(timing) + "\n")
+        self._stop_if_interrupted()
 
     def save(self):
         if not self._is_worker():
