@@ -544,3 +544,27 @@ def test_installed_command_prints_exactly_one_line(tmp_path):
     # anything else is the command's own "[stage] ..." notices, never library chatter
     assert all(ln.startswith("[") for ln in lines[:-1]), res.stderr
     assert files_under(tmp_path) == before
+
+
+# ------------------------------------------------------------------------------ safety
+
+
+def test_names_from_a_schema_never_become_paths(tmp_path, monkeypatch, capsys):
+    """Column names that look like paths (relative, absolute) are data: training and
+    exporting write exactly the files asked for, inside the folders given."""
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    hostile = ["../../escaped", f"{tmp_path}/absolute", "..", "con/../x"]
+    header = "clicked," + ",".join(hostile)
+    rng = np.random.default_rng(0)
+    rows = [f"{int(rng.random() < 0.3)}," + ",".join(f"v{rng.integers(6)}" for _ in hostile) for _ in range(300)]
+    write_csv(work / "d.csv", rows, header=header)
+    (work / "s.json").write_text(json.dumps({"label": "clicked", "categorical": hostile}))
+    rc, _, err = run_cli(["train", "--data", "csv:d.csv,schema=s.json", "--out", "m", *FAST], capsys)
+    assert rc == 0, err
+    rc, _, err = run_cli(["export", "m", "--out", "m.tflite", "--no-latency"], capsys)
+    assert rc == 0, err
+    assert files_under(tmp_path) == {"a", "a/b", "a/b/d.csv", "a/b/s.json", "a/b/m", "a/b/m/model.keras",
+                                     "a/b/m/preprocessor.json", "a/b/m/meta.json", "a/b/m.tflite",
+                                     "a/b/m.preprocessor.json"}
