@@ -131,15 +131,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search_parsers(sub)
 
     p = sub.add_parser("bench", help="benchmark methods side by side and write the JSON record")
-    p.add_argument("--dataset", required=True, help="frappe, frappe-nfm, criteo-8k, movielens100k, synthetic or a spec")
+    p.add_argument("--dataset", default=None, help="frappe, frappe-nfm, criteo-8k, movielens100k, synthetic or a "
+                   "spec (required unless --list or --merge)")
     p.add_argument("--model", default="deepfm")
     p.add_argument("--methods", default="fp32,drq")
     p.add_argument("--seeds", type=_ints, default=[0, 1, 2])
-    p.add_argument("--json", required=True, help="the record to write")
+    p.add_argument("--json", default=None, help="the record to write (required unless --list)")
     p.add_argument("--quick", action="store_true", help="smoke run on a 20k-row slice")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--workdir", default=None, help="keep candidate files here")
     p.add_argument("--list", action="store_true", help="list the registered methods and exit")
+    p.add_argument("--merge", nargs="+", metavar="RECORD", default=None,
+                   help="no training: merge the records of separate runs (e.g. one seed each) into --json")
     p.add_argument("--budget-ratio", type=float, default=None,
                    help="searched methods: the file at most 1/R of the fp32 file (default 16)")
     p.add_argument("--trials", type=int, default=None, help="searched methods: trials per search (default 20)")
@@ -413,6 +416,18 @@ def cmd_bench(a) -> int:
         for name in method_names():
             print(f"{name:16s} {get_method(name).description}")
         return 0
+    if a.json is None:
+        raise ValueError("--json is required (the record to write)")
+    if a.merge:
+        from keras_ctr_compress.bench import load_record, merge_records, save_record
+
+        rec = merge_records([load_record(p) for p in a.merge], where=list(a.merge))
+        save_record(rec, a.json)
+        print(render_table(rec))
+        print(f"merged {len(a.merge)} records ({len(rec['results'])} rows) into {a.json}")
+        return 0
+    if a.dataset is None:
+        raise ValueError("--dataset is required (a dataset name or spec)")
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     options = {k: v for k, v in (("budget_ratio", a.budget_ratio), ("trials", a.trials)) if v is not None}
     rec = run_benchmark(a.dataset, model=a.model, methods=methods, seeds=a.seeds, json_out=a.json,

@@ -164,3 +164,48 @@ def test_report_joins_a_datasets_records_and_flags_disagreement(tmp_path):
     assert text.count("## fixture") == 1 and "| deepfm | alpt-4 |" in text
     assert "## Training memory (`memory.json`)" in text and "| lpt-sgd | int8 | 830 | 10 | 8.00x |" in text
     assert "not benchmark records of a known schema): notes.json" in text
+
+
+def _one_seed(seed: int, scale: float) -> dict:
+    """The fixture's rows of one seed, as if timed in their own run on a machine
+    ``scale`` times slower."""
+    rec = _fixture()
+    rec["results"] = [dict(r, latency_us_b1=r["latency_us_b1"] * scale, latency_us_b256=r["latency_us_b256"] * scale)
+                      for r in rec["results"] if r["seed"] == seed]
+    rec["seeds"] = [seed]
+    return rec
+
+
+def test_merge_records_keeps_runs_apart(tmp_path):
+    from keras_ctr_compress.bench import merge_records
+    from keras_ctr_compress.cli import main
+
+    a, b = _one_seed(0, 1.0), _one_seed(1, 3.0)  # the second run drifted 3x slower
+    merged = merge_records([a, b])
+    validate_record(merged)
+    assert merged["seeds"] == [0, 1] and len(merged["runs"]) == 2
+    s = {r["method"]: r for r in summarize(merged)}
+    # per run: drq/fp32 = 5/10 and 21/36 (7*3 / 12*3); the median of the two runs' ratios
+    assert s["drq"]["lat_b1_ratio"] == pytest.approx((5 / 10 + 7 / 12) / 2)
+    assert s["drq"]["auc_mean"] == pytest.approx(0.90)
+    for name, rec in (("a.json", a), ("b.json", b)):
+        (tmp_path / name).write_text(json.dumps(rec))
+    out = tmp_path / "m.json"
+    assert main(["bench", "--merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--json", str(out)]) == 0
+    assert load_record(out)["results"] == merged["results"]
+
+
+def test_merge_records_refuses_what_does_not_compare():
+    from keras_ctr_compress.bench import merge_records
+
+    a = _one_seed(0, 1.0)
+    with pytest.raises(ValueError, match=r"record 1: fp32 seed 0 is also in record 0"):
+        merge_records([a, copy.deepcopy(a)])
+    other = _one_seed(1, 1.0)
+    other["machine"] = {"cpu": "elsewhere"}
+    with pytest.raises(ValueError, match="record 1: machine .* differs from record 0's"):
+        merge_records([a, other])
+    other = _one_seed(1, 1.0)
+    other["split"] = {"train": 1, "valid": 1, "test": 1}
+    with pytest.raises(ValueError, match="record 1: split .* differs"):
+        merge_records([a, other])

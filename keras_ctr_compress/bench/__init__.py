@@ -9,6 +9,7 @@ from keras_ctr_compress.bench import search_methods as _search  # noqa: F401  (r
 from keras_ctr_compress.bench.record import (
     load_record,
     machine_facts,
+    merge_records,
     render_table,
     save_record,
     summarize,
@@ -26,6 +27,6 @@ from keras_ctr_compress.bench.runner import run_benchmark
 
 __all__ = [
     "Candidate", "MethodContext", "add_method", "get_method", "load_record", "machine_facts",
-    "method_names", "register_method", "render_table", "run_benchmark", "save_record",
+    "merge_records", "method_names", "register_method", "render_table", "run_benchmark", "save_record",
     "summarize", "validate_record",
 ]

@@ -110,12 +110,65 @@ def summarize(rec: dict) -> list[dict]:
         }
         if ref:
             s["bytes_ratio"] = s["bytes"] / _mean_std([r["tflite_bytes"] for r in ref])[0]
-            s["lat_b1_ratio"] = s["lat_b1_us"] / _median([r["latency_us_b1"] for r in ref])
-            s["lat_b256_ratio"] = s["lat_b256_us"] / _median([r["latency_us_b256"] for r in ref])
+            s["lat_b1_ratio"] = _latency_ratio(rows, ref, "latency_us_b1")
+            s["lat_b256_ratio"] = _latency_ratio(rows, ref, "latency_us_b256")
         out.append(s)
     order = {m: i for i, m in enumerate(dict.fromkeys(r["method"] for r in rec["results"]))}
     out.sort(key=lambda s: (s["model"], order[s["method"]]))
     return out
+
+
+def _latency_ratio(rows: list[dict], ref: list[dict], key: str) -> float:
+    """Median latency of ``rows`` over that of the fp32 ``ref`` rows timed in the SAME
+    run (``row["run"]``, 0 unless records were merged), then the median over runs:
+    only files timed interleaved in one process are compared."""
+    ratios = []
+    for run in sorted({r.get("run", 0) for r in rows}):
+        mine = [r[key] for r in rows if r.get("run", 0) == run]
+        base = [r[key] for r in ref if r.get("run", 0) == run]
+        if mine and base:
+            ratios.append(_median(mine) / _median(base))
+    return _median(ratios) if ratios else float("nan")
+
+
+def merge_records(records: list[dict], *, where: list[str] | None = None) -> dict:
+    """One record from the records of separate ``kcc bench`` runs of the same
+    benchmark (e.g. one seed per run, or a rerun of missing seeds).
+
+    Rows keep their run (``row["run"]``: the index of their record here), so latency
+    ratios only ever compare files timed in the same process. The runs must agree on
+    the dataset, split, model and machine, and must not both hold a (method, seed).
+
+    Raises:
+        ValueError: naming the record and what differs.
+    """
+    where = where or [f"record {i}" for i in range(len(records))]
+    if len(records) < 2:
+        raise ValueError("merging needs at least two records")
+    first = records[0]
+    for rec, name in zip(records, where, strict=True):
+        validate_record(rec, where=name)
+        for key in ("dataset", "split", "model"):
+            if rec.get(key) != first.get(key):
+                raise ValueError(f"{name}: {key} {rec.get(key)!r} differs from {where[0]}'s {first.get(key)!r}")
+        mine = {k: (rec.get("machine") or {}).get(k) for k in ("cpu", "cores", "tensorflow", "keras", "litert")}
+        theirs = {k: (first.get("machine") or {}).get(k) for k in mine}
+        if mine != theirs:
+            raise ValueError(f"{name}: machine {mine} differs from {where[0]}'s {theirs}: latencies would not compare")
+    seen: dict[tuple[str, str, int], str] = {}
+    results, runs = [], []
+    for rec, name in zip(records, where, strict=True):
+        offset = len(runs)
+        sub_runs = rec.get("runs") or [{"command": rec.get("command"), "seeds": rec["seeds"]}]
+        runs += [{**r, "from": name} for r in sub_runs]
+        for row in rec["results"]:
+            key = (row["model"], row["method"], row["seed"])
+            if key in seen:
+                raise ValueError(f"{name}: {row['method']} seed {row['seed']} is also in {seen[key]}")
+            seen[key] = name
+            results.append({**row, "run": offset + row.get("run", 0)})
+    return {**first, "seeds": sorted({r["seed"] for r in results}), "runs": runs,
+            "command": "; ".join(str(r.get("command")) for r in runs), "results": results}
 
 
 def _median(vals: list[float]) -> float:
