@@ -18,6 +18,12 @@ def fp32(ctx: MethodContext) -> Candidate:
     "scale per tensor, dequantised at run time; the baseline every method must beat",
 )
 def drq(ctx: MethodContext) -> Candidate:
+    """LiteRT dynamic-range quantisation of the trained fp32 model (``Optimize.DEFAULT``).
+
+    Fair peer: one converter flag, no training, applied to the same fp32 model; every
+    float weight of >= 1024 elements becomes int8 with one scale per tensor. Any method
+    that does not beat it in bytes and AUC is not worth its complexity.
+    """
     path = ctx.path("drq.tflite")
     export_litert(ctx.fp32_model, path, quantization="drq")
     return Candidate(tflite_path=path, keras_model=None)

@@ -40,6 +40,12 @@ def _keras_ptq(ctx: MethodContext, mode: str) -> Candidate:
     "does not convert to LiteRT)",
 )
 def keras_int8(ctx: MethodContext) -> Candidate:
+    """Keras' built-in post-training int8 quantisation of every Embedding table.
+
+    Fair peer: it is the first thing a Keras 3 user calls, applied to the same trained
+    fp32 model our methods start from, exported by the same builtins-only path. Its
+    Dense layers stay float because Keras' quantized Dense does not convert.
+    """
     return _keras_ptq(ctx, "int8")
 
 
@@ -49,6 +55,12 @@ def keras_int8(ctx: MethodContext) -> Candidate:
     "unpacked before the gather, so the file holds about one byte per weight)",
 )
 def keras_int4(ctx: MethodContext) -> Candidate:
+    """Keras' post-training ``Embedding.quantize("int4")`` on the same trained model.
+
+    Fair peer: the same one-call PTQ at our 4-bit width; its row shows the size the
+    exported file really has (Keras unpacks the int4 table before the gather, so the
+    converter stores a byte per weight).
+    """
     return _keras_ptq(ctx, "int4")
 
 
@@ -77,6 +89,12 @@ def _retrain_with_tables(ctx: MethodContext, make_layer, tag: str) -> Candidate:
     "weight-sharing baseline)",
 )
 def hashing(ctx: MethodContext) -> Candidate:
+    """The hashing trick: each table shrunk to ``ceil(n / 8)`` rows shared mod that size.
+
+    Fair peer: the weight-sharing shortcut production CTR systems use to bound table
+    size, at about int4's shrink factor, trained from scratch with the fp32 recipe and
+    seed (its collisions cannot be applied to a trained table).
+    """
     def make(layer):
         buckets = max(1, math.ceil(layer.input_dim / SHARING_FACTOR))
         return HashedEmbedding(layer.input_dim, layer.output_dim, buckets, name=layer.name,
@@ -92,6 +110,11 @@ def hashing(ctx: MethodContext) -> Candidate:
     f"{SHARING_FACTOR} collisions per quotient row, trained from scratch with the fp32 recipe",
 )
 def qr(ctx: MethodContext) -> Candidate:
+    """Quotient-remainder compositional embeddings (Shi et al., KDD 2020).
+
+    Fair peer: the published improvement on hashing at the same shrink factor (each id
+    gets a unique quotient/remainder pair), trained from scratch with the fp32 recipe.
+    """
     def make(layer):
         return QREmbedding(layer.input_dim, layer.output_dim, SHARING_FACTOR, name=layer.name,
                            embeddings_initializer=layer.embeddings_initializer,
