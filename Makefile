@@ -5,8 +5,6 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 PYTEST_ARGS ?=
 SEEDS  ?= 0,1,2
-# Every registered method that runs on DeepFM (kcc bench --list shows them all).
-BENCH_METHODS ?= fp32,drq,keras-int8,keras-int4,hashing,qr
 
 # tensorflow-io 0.37.1 (its last release) is built for TF 2.16 and does not load on the
 # default TF 2.21: its lane gets its own venv, pins in ONE pip command (shared/litert.md).
@@ -55,16 +53,34 @@ tfio-venv: $(TFIO_STAMP)
 test-tfio: $(TFIO_STAMP)
 	KCC_EXPECT_TFIO=1 PYTHONPATH=$(CURDIR) $(TFIO_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_tfio.py
 
-# The full benchmark (about 30 min per dataset-seed set on 2 cores); records and the
-# rendered tables go to benchmarks/results/, the headline block to README.md.
+# The full benchmark suite (hours on 2 cores): every method of every issue and every
+# peer on frappe (3 seeds; DeepFM, and DeepFwFM for the pruning methods whose base it
+# is), criteo-8k and movielens100k once each, the training-memory record, the scale
+# sweep to 1e7 rows with the plan a search finds on a 26-field synthetic model, then
+# the rendered tables and plots (benchmarks/results/README.md, README.md's headline).
+R       := benchmarks/results
+QUANT   := qat-8,qat-4,qat-2,lpt-dr-8,lpt-dr-4,lpt-dr-2,lpt-sr-8,lpt-sr-4,lpt-sr-2,alpt-8,alpt-4,alpt-2,rowwise
+PEERS   := drq,keras-int8,keras-int4,hashing,qr
+LOWRANK := fm-part,fp32-ft,afm-d4,afm-d4-ft,svd-d4,svd-d4-ft,afm-d16,afm-d16-ft,svd-d16,svd-d16-ft,afm-d32-e6,afm-d32-e6-ft,svd-d32-e6,svd-d32-e6-ft,afm-d16-e4,afm-d16-e4-ft,svd-d16-e4,svd-d16-e4-ft
+PRUNING := drq,fm-part,deeplight,deeplight-structured,shark-fields,shark-fields-permutation,shark-fields-norm,shark-fields-random,tfmot-prune
+SEARCH  := searched,searched-random
+EPOCHS  ?= 40
+BENCH    = $(BIN)/kcc bench --epochs $(EPOCHS)
+SCALE_MODEL_DATA := synthetic:rows=200000,fields=26,numeric=0,noise_fields=4,total_vocab=100000,seed=0
 bench: $(STAMP) $(TFMOT_STAMP)
-	$(BIN)/kcc bench --dataset frappe --model deepfm --methods $(BENCH_METHODS) --seeds $(SEEDS) \
-		--epochs 20 --json benchmarks/results/frappe_deepfm.json
-	$(BIN)/kcc bench --dataset criteo-8k --model deepfm --methods $(BENCH_METHODS) --seeds 0 \
-		--json benchmarks/results/criteo-8k_deepfm.json
-	$(BIN)/kcc bench --dataset movielens100k --model deepfm --methods $(BENCH_METHODS) --seeds 0 \
-		--json benchmarks/results/movielens100k_deepfm.json
-	$(BIN)/kcc report --results benchmarks/results --readme README.md
+	$(BENCH) --dataset frappe --model deepfm --methods fp32,$(PEERS),$(QUANT) --seeds $(SEEDS) --json $(R)/frappe_deepfm_quant.json
+	$(BENCH) --dataset frappe --model deepfm --methods fp32,drq,$(LOWRANK) --seeds $(SEEDS) --json $(R)/frappe_deepfm_lowrank.json
+	$(BENCH) --dataset frappe --model deepfwfm --methods fp32,$(PRUNING) --seeds $(SEEDS) --json $(R)/frappe_deepfwfm_pruning.json
+	$(BENCH) --dataset frappe --model deepfm --methods fp32,drq,$(SEARCH) --budget-ratio 16 --trials 20 --seeds $(SEEDS) --json $(R)/frappe_deepfm_search.json
+	for d in criteo-8k movielens100k; do \
+	  $(BENCH) --dataset $$d --model deepfm --methods fp32,$(PEERS),$(QUANT),$(LOWRANK),$(SEARCH) --seeds 0 --json $(R)/$${d}_deepfm.json && \
+	  $(BENCH) --dataset $$d --model deepfwfm --methods fp32,$(PRUNING) --seeds 0 --json $(R)/$${d}_deepfwfm_pruning.json || exit 1; \
+	done
+	$(BIN)/kcc memory --rows 10000000 --dim 16 --json $(R)/memory_lpt_10m.json
+	$(BIN)/kcc train --data $(SCALE_MODEL_DATA) --embedding-dim 16 --epochs 5 --out runs/scale/model
+	$(BIN)/kcc search --model runs/scale/model --max-ratio 16 --trials 10 --out runs/scale/search
+	$(BIN)/kcc scale --plan runs/scale/search/best_plan.json --workdir runs/scale/files --json $(R)/scale_sweep.json
+	$(BIN)/kcc report --results $(R) --readme README.md
 
 # Parity sweep: PARITY_PLANS random valid plans over FM / FwFM / DeepFM / DeepFwFM, each
 # exported builtins-only and checked against Keras in LiteRT (CI runs 8 of them in
