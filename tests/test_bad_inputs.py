@@ -126,6 +126,8 @@ class Case:
     name: str
     setup: Callable[[Path, dict], list[str]]
     expected: str
+    #: complete files the command may keep although it failed (a cache, never a result)
+    kept: frozenset[str] = frozenset()
 
 
 def _csv_case(line: int, text: str | bytes, *extra: str):
@@ -333,7 +335,9 @@ BAD_INPUTS = [
                                               "--out", f"{tmp}/small"], "nope.json: no such plan file"),
     Case("impossible byte budget", lambda tmp, t: ["search", "--model", str(t["model"]), "--out", f"{tmp}/search",
                                                   "--max-bytes", "100", "--trials", "1"],
-         "budget max_bytes=100 is below the smallest plan of the search space"),
+         "budget max_bytes=100 is below the smallest plan of the search space",
+         # the search keeps its verified fp32 reference export in --out for a later run or resume
+         kept=frozenset({"search", "search/fp32.tflite"})),
     # --- interrupted work ---
     Case("--resume without a checkpoint", _resume_missing, "never/checkpoint.npz: no checkpoint to resume"),
     Case("--resume with a corrupted checkpoint", _resume_corrupted, "checkpoint.npz: corrupted training checkpoint"),
@@ -354,7 +358,14 @@ def test_bad_input_gives_one_line_and_writes_nothing(case, trained, tmp_path, ca
     except SystemExit as e:  # argparse usage errors exit from inside parse_args
         rc, err = e.code, capsys.readouterr().err
     assert_one_line_error(rc, err, argv[0], case.expected)
-    assert files_under(tmp_path) == before  # no output, no temporary file, no half-written folder
+    # no output, no temporary file, no half-written folder
+    assert files_under(tmp_path) - before == set(case.kept)
+    for name in case.kept:
+        if name.endswith(".tflite"):  # what is kept is complete: it loads and runs
+            from keras_ctr_compress.export import LiteRTModel
+
+            model = LiteRTModel(tmp_path / name)
+            assert np.all(np.isfinite(model.predict(np.ones((2, model.num_fields), np.int32))))
 
 
 # ---------------------------------------------------------------- not errors, by design
