@@ -8,7 +8,8 @@ test like every other method. Options (``kcc bench --budget-ratio R --trials N``
 
 - ``budget_ratio``: the file at most ``1/R`` of the fp32 file (default 16);
 - ``trials``: trials per search (default 20; 4 with ``--quick``);
-- ``final_epochs``: epochs (early stopping) for the best plan (default 10; 2 quick).
+- ``final_epochs``: epochs (early stopping) for the best plan (default 10; 2 quick);
+- ``latency_plans``: files timed to calibrate the latency model (default 10; 4 quick).
 
 Each search keeps its folder (``<workdir>/seed<k>/<method>/``: trials, Pareto front,
 plot); a rerun with the same ``--workdir`` resumes it. The latency model is calibrated
@@ -19,8 +20,8 @@ from __future__ import annotations
 
 from keras_ctr_compress.bench.registry import Candidate, MethodContext, add_method
 
-DEFAULTS = {"budget_ratio": 16.0, "trials": 20, "final_epochs": 10}
-QUICK = {"trials": 4, "final_epochs": 2}
+DEFAULTS = {"budget_ratio": 16.0, "trials": 20, "final_epochs": 10, "latency_plans": 10}
+QUICK = {"trials": 4, "final_epochs": 2, "latency_plans": 4}
 
 
 def _options(ctx: MethodContext) -> dict:
@@ -49,8 +50,8 @@ def _make(tuner: str, name: str):
         resume = (out / "tuner" / PROJECT / "oracle.json").exists()
         res = search(ctx.fp32_model, ctx.dataset, max_ratio=float(opts["budget_ratio"]), trials=int(opts["trials"]),
                      tuner=tuner, out_dir=out, seed=ctx.seed, resume=resume, final_epochs=int(opts["final_epochs"]),
-                     latency_model=latency, verbose=1)
-        if latency is None:
+                     latency_model=latency, latency_plans=int(opts["latency_plans"]), verbose=1)
+        if latency is None and (out / "latency_model.json").exists():  # none with latency_plans=0
             LatencyModel.load(out / "latency_model.json", ctx.fp32_model).save(lat_path)
         best = res.best
         trial_aucs = [t["val_auc"] for t in res.trials]
