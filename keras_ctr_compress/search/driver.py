@@ -41,6 +41,7 @@ Example::
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -385,7 +386,7 @@ def search(
     latency_plans: int = 10,
     num_initial_points: int | None = None,
     hyperband_max_epochs: int = 3,
-    calibration_rows: int = 16_384,
+    calibration_rows: int = 8192,
     log: Callable[[str], None] | None = None,
 ) -> SearchResult:
     """Searches plans of ``model`` under a byte and / or latency budget (module docstring).
@@ -478,6 +479,10 @@ def search(
     setup_seconds = time.perf_counter() - t_setup
     release_memory()
     rss_before = rss_mb()
+    # Everything alive now (TensorFlow, the model, the data) lives through the search:
+    # frozen, the collections between trials only walk what trials allocate (0.1-0.3 s
+    # instead of 1-2.5 s on 2 busy cores; memory is released all the same).
+    gc.freeze()
     try:
         with interrupt:
             kt_tuner.search(verbose=0)
@@ -494,6 +499,8 @@ def search(
         log(f"[search] interrupted: {done} finished trials are saved in {out}; resume with resume=True "
             "(kcc search --resume)")
         raise
+    finally:
+        gc.unfreeze()
     finished = collect_trials(state)
     timings = timing_summary(finished, rss_before, setup_seconds)
     if role == "worker":

@@ -285,7 +285,7 @@ class TrialRunner:
     """
 
     def __init__(self, model, data, encoding: Encoding, cost, latency, budget: Budget, *, seed: int = 0,
-                 calibration_rows: int = 16_384):
+                 calibration_rows: int = 8192):
         self.model, self.data, self.encoding = model, data, encoding
         self.cost, self.latency, self.budget = cost, latency, budget
         self.seed, self.calibration_rows = seed, calibration_rows
