@@ -289,3 +289,19 @@ def test_fm_part_is_the_model_without_its_dnn():
     np.testing.assert_allclose(part.predict(ds.test.x, verbose=0), expected, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="fm-part needs deepfm or deepfwfm"):
         fm_part(build_model("dcnv2", ds.fields, mlp=(8,), embedding_dim=4))
+
+
+def test_afm_dense_factors_are_balanced_and_exact():
+    rng = np.random.default_rng(0)
+    kernel, bias = rng.normal(size=(12, 9)) * 3.0, rng.normal(size=9)
+    x = rng.normal(size=(500, 12))
+    y = x @ kernel + bias
+    plain = afm_dense_factors(kernel, bias, y.mean(0), np.cov(y.T, bias=True), 4, balance=False)
+    f = afm_dense_factors(kernel, bias, y.mean(0), np.cov(y.T, bias=True), 4)
+    # the same map, through a middle ReLU too (positive rescaling commutes with it)
+    np.testing.assert_allclose(x @ f.u @ f.v, x @ plain.u @ plain.v, atol=1e-9)
+    relu = lambda z: np.maximum(z, 0)  # noqa: E731
+    np.testing.assert_allclose(relu(x @ f.u + f.middle_bias) @ f.v, relu(x @ plain.u + plain.middle_bias) @ plain.v,
+                               atol=1e-9)
+    np.testing.assert_allclose(np.linalg.norm(f.u, axis=0), np.linalg.norm(f.v, axis=1), rtol=1e-9)
+    assert np.allclose(np.linalg.norm(plain.v, axis=1), 1.0)  # unbalanced: B orthonormal

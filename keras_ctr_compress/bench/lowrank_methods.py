@@ -23,12 +23,12 @@ def _finetune_options(ctx: MethodContext) -> dict:
     return {**FINETUNE, "epochs": 1} if ctx.quick else dict(FINETUNE)
 
 
-def _make(method: str, dense_rank: int, emb_rank: int | None, ft: bool, name: str):
+def _make(method: str, dense_rank: int, emb_rank: int | None, ft: bool, name: str, weighting: str):
     def run(ctx: MethodContext) -> Candidate:
         model, info = compress_low_rank(
             ctx.fp32_model, ctx.dataset, method=method, dense_rank=dense_rank,
             embedding_rank=emb_rank, fold_embeddings=emb_rank is not None, finetune=ft,
-            seed=ctx.seed, finetune_options=_finetune_options(ctx),
+            seed=ctx.seed, finetune_options=_finetune_options(ctx), table_weighting=weighting,
         )
         path = ctx.path(f"{name}.tflite")
         export_litert(model, path)
@@ -38,16 +38,25 @@ def _make(method: str, dense_rank: int, emb_rank: int | None, ft: bool, name: st
     return run
 
 
-for _method in ("afm", "svd"):
+#: name prefix -> (low_rank method, table weighting, what it is). ``afmu`` is AFM with
+#: the table statistics taken over the distinct rows (``table_weighting="uniform"``)
+#: instead of the looked-up vectors: only tables differ, so it has no Dense-only rows.
+_FAMILIES = {
+    "afm": ("afm", "frequency", "principal subspace of each layer's outputs on calibration data (AFM)"),
+    "svd": ("svd", "frequency", "truncated SVD of the weights (baseline)"),
+    "afmu": ("afm", "uniform", "principal subspace of each layer's outputs (AFM), tables fitted to every "
+             "row once instead of frequency-weighted"),
+}
+for _prefix, (_method, _weighting, _how) in _FAMILIES.items():
     for _tag, _d, _e in SETTINGS:
+        if _prefix == "afmu" and _e is None:
+            continue
         for _ft in (False, True):
-            _name = f"{_method}-{_tag}{'-ft' if _ft else ''}"
-            how = ("principal subspace of each layer's outputs on calibration data (AFM)"
-                   if _method == "afm" else "truncated SVD of the weights (baseline)")
+            _name = f"{_prefix}-{_tag}{'-ft' if _ft else ''}"
             add_method(
-                _name, _make(_method, _d, _e, _ft, _name),
+                _name, _make(_method, _d, _e, _ft, _name, _weighting),
                 description=f"low-rank: Dense rank {_d}" + (f", embedding rank {_e} (projection folded "
-                "into the first Dense)" if _e else "") + f" by the {how}"
+                "into the first Dense)" if _e else "") + f" by the {_how}"
                 + ("; then fine-tuned" if _ft else "; no fine-tuning"),
             )
 
