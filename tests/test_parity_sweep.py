@@ -117,7 +117,7 @@ def write_record(path: Path, results: list[dict], failures: list[dict]) -> None:
     diffs = [r["parity_max_abs"] for r in results if "error" not in r]
     drq = [r["drq_max_abs"] for r in results if r.get("drq_max_abs") is not None]
     record = {
-        "schema": 1,
+        "schema": "kcc-parity-sweep/1",  # not a kcc bench record: kcc report passes it by
         "what": "random valid plans (search_space(model).sample) applied without fine-tuning, exported "
                 "builtins-only and checked against Keras in LiteRT; parity_max_abs is the float export's "
                 "(a drq plan's export without DRQ), drq_max_abs the shipped DRQ file's, reported only",
