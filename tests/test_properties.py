@@ -256,8 +256,10 @@ def test_validation_accepts_exactly_the_plans_that_fit(models, costs, rank, dens
             and (sparsity is None or 0 <= sparsity < 1))
     try:
         tables = {f: TablePlan("pruned") for f in prune}
-        tables.setdefault("c0", TablePlan("quant", bits=bits))
-        tables.setdefault("c1", TablePlan("lowrank", rank=rank))
+        if "c0" not in prune:
+            tables["c0"] = TablePlan("quant", bits=bits)
+        if "c1" not in prune:
+            tables["c1"] = TablePlan("lowrank", rank=rank)
         plan = Plan(tables=tables, dense={"dnn_0": DensePlan(rank=dense_rank, units=units)},
                     pairs=None if sparsity is None else PairPlan(sparsity=sparsity))
         validate(plan, model)
