@@ -209,3 +209,16 @@ def test_merge_records_refuses_what_does_not_compare():
     other["split"] = {"train": 1, "valid": 1, "test": 1}
     with pytest.raises(ValueError, match="record 1: split .* differs"):
         merge_records([a, other])
+
+
+def test_every_method_make_bench_runs_is_registered():
+    """`make bench` names its methods in Makefile variables: each must be registered
+    (an unregistered peer once made a whole record fail after hours of queueing)."""
+    import re
+
+    makefile = (Path(__file__).parents[1] / "Makefile").read_text()
+    groups = dict(re.findall(r"^(QUANT|PEERS|LOWRANK|PRUNING|SEARCH)\s*:=\s*(\S+)$", makefile, re.M))
+    assert set(groups) == {"QUANT", "PEERS", "LOWRANK", "PRUNING", "SEARCH"}
+    named = {m for v in groups.values() for m in v.split(",")}
+    assert named - set(method_names()) == set()
+    assert {"tfmot-prune", "alpt-4", "afm-d16-ft", "searched"} <= named

@@ -6,6 +6,7 @@ from keras_ctr_compress.bench import peers as _peers  # noqa: F401  (registers)
 from keras_ctr_compress.bench import pruning_methods as _pruning  # noqa: F401  (registers)
 from keras_ctr_compress.bench import quant_methods as _quant  # noqa: F401  (registers)
 from keras_ctr_compress.bench import search_methods as _search  # noqa: F401  (registers)
+from keras_ctr_compress.bench import tfmot_peer as _tfmot  # noqa: F401  (registers)
 from keras_ctr_compress.bench.record import (
     load_record,
     machine_facts,
