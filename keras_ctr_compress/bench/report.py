@@ -197,6 +197,16 @@ def _scale_section(path: Path, rec: dict, results_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def _parity_section(path: Path, rec: dict) -> str:
+    per = ", ".join(f"{m} {v['count']} (max {v['max_abs_diff']:.1e})" for m, v in rec.get("per_model", {}).items())
+    return "\n".join([
+        f"## Parity sweep (`{path.name}`)", "",
+        f"{rec['passed']} of {rec['count']} random valid plans exported builtins-only and matched Keras in "
+        f"LiteRT: max |LiteRT - Keras| {rec['max_abs_diff']:.1e} (tolerance {rec['atol']:g}); per model: {per}. "
+        f"The {rec.get('drq_plans', 0)} DRQ files differ by up to {rec.get('drq_max_abs_diff', float('nan')):.1e} "
+        f"(reported). Command `{rec.get('command', '?')}`.", ""])
+
+
 def _read(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
@@ -223,6 +233,8 @@ def write_results_readme(results_dir: str | Path = "benchmarks/results", readme:
             bench[raw["dataset"]].append((p, raw))
         elif schema == "kcc-memory/1":
             others.append(_memory_section(p, raw))
+        elif schema == "kcc-parity-sweep/1":
+            others.append(_parity_section(p, raw))
         elif schema == "kcc-scale/1":
             others.append(_scale_section(p, raw, results_dir))
         else:
