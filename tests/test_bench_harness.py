@@ -114,13 +114,13 @@ def test_pareto_front_hand_made():
 
 
 def test_report_from_fixture(tmp_path):
-    from keras_ctr_compress.bench.report import END, START, write_results_readme
+    from keras_ctr_compress.bench.report import END, START, WHY_END, WHY_START, write_results_readme
 
     results = tmp_path / "results"
     results.mkdir()
     (results / "fixture.json").write_text(FIXTURE.read_text())
     readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{START}\nold\n{END}\noutro\n")
+    readme.write_text(f"intro\n{START}\nold\n{END}\n{WHY_START}\nstale\n{WHY_END}\noutro\n")
     out = write_results_readme(results, readme)
     text = out.read_text()
     assert "## fixture" in text and "| deepfm | drq |" in text and "`fixture.json`" in text
@@ -128,6 +128,9 @@ def test_report_from_fixture(tmp_path):
     assert (results / "fixture_summary_latency.png").stat().st_size > 1000
     new = readme.read_text()
     assert "old" not in new and "| deepfm | fp32 |" in new and new.startswith("intro") and new.endswith("outro\n")
+    # the why-not table: drq's numbers from the record (bytes 300/1000, fp32 AUC 0.91 beside it)
+    assert "stale" not in new and "| LiteRT dynamic-range quantisation | deepfm | 0.300 |" in new
+    assert "0.9000 (0.9100)" in new
 
 
 def test_report_joins_a_datasets_records_and_flags_disagreement(tmp_path):
