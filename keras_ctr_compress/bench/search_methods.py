@@ -62,6 +62,8 @@ def _make(tuner: str, name: str):
             "final_val_auc": best["val_auc"], "final_epochs": best["final_epochs"],
             "bytes_predicted": best["bytes_predicted"], "latency_us_predicted": best["latency_us_predicted"],
             "latency_us_measured_alone": best["latency_us_measured"],
+            "latency_ratio_predicted": best.get("latency_ratio_predicted"),
+            "latency_ratio_measured_in_search": best.get("latency_ratio_measured"),
             "trial_val_aucs": trial_aucs, "trial_bytes": [t["bytes"] for t in res.trials],
             "all_trials_within_budget": all(t["bytes"] <= res.budget.max_bytes for t in res.trials),
             "timings": dict(res.timings), "latency_model": res.latency,
@@ -69,7 +71,12 @@ def _make(tuner: str, name: str):
             "out_dir": str(out),
         }}
         train = sum(t["train_seconds"] for t in res.trials) + float(best.get("final_train_seconds") or 0.0)
-        return Candidate(tflite_path=res.tflite_path, keras_model=res.best_model, train_seconds=train,
+        # A DRQ plan ships the converter's lossy file: its exact parity is the float export's
+        # (checked by export_plan, recorded here); the shipped file's difference is reported.
+        drq = res.best_plan.drq
+        extra["search"]["float_export_parity_max_abs"] = best["parity_max_abs"]
+        return Candidate(tflite_path=res.tflite_path, keras_model=None if drq else res.best_model,
+                         reference_model=res.best_model if drq else None, train_seconds=train,
                          plan=res.best_plan.to_dict(), extra=extra, input_columns=best["kept_field_indices"])
 
     return run

@@ -68,18 +68,11 @@ def search_summary(record: dict) -> dict:
 
 
 def _latency_ratio(s: dict, measured_ratio: float) -> dict:
-    """Predicted vs measured latency as ratios to the fp32 file: the measured ratio comes
-    from the harness's interleaved timing, the predicted one from the search's latency
-    model (its first calibration file is the unchanged model), so machine drift between
-    calibration and the final timing cancels."""
-    import json
-    from pathlib import Path
-
-    path = Path(s.get("out_dir", "")) / "latency_model.json"
-    if s.get("latency_us_predicted") is None or not path.exists():
+    """Predicted vs measured latency as ratios to the fp32 file (the measured ratio from
+    the harness's interleaved timing), so that the machine's drift cancels."""
+    ratio = s.get("latency_ratio_predicted")
+    if ratio is None:
         return {}
-    fp32_pred = json.loads(path.read_text())["points"][0]["predicted_us"]
-    ratio = s["latency_us_predicted"] / fp32_pred
     return {"latency_ratio_predicted": ratio, "latency_ratio_measured": measured_ratio,
             "latency_ratio_rel_error": (ratio - measured_ratio) / measured_ratio}
 

@@ -292,7 +292,7 @@ def _finetune(model: keras.Model, data: CTRDataset, plan: Plan, seed: int, verbo
     initial = evaluate(model, data.valid, where="validation split")["auc"]
     before = model.get_weights()
     config = TrainConfig(epochs=ft.epochs, batch_size=ft.batch_size, learning_rate=ft.learning_rate,
-                         patience=ft.patience, seed=seed, verbose=verbose, lr_decays=0)
+                         patience=ft.patience, seed=seed, verbose=verbose, lr_decays=ft.lr_decays)
     summary = train_model(model, data.train, data.valid, config, callbacks=callbacks)
     best_epoch, best = summary["best_epoch"], summary["best_val_auc"]
     if not best > initial:

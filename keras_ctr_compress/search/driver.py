@@ -26,6 +26,7 @@ its files, then run trials; the chief writes the results when all are done.
 Output folder::
 
     search.json          the settings (a resume must match them)
+    latency_anchor.json  the latency model's factor to the machine's speed at the start
     fp32.tflite          the reference export the cost model measured
     latency_model.json   the calibrated latency model
     tuner/search/        keras-tuner's state: oracle.json, trial_<id>/{trial,result,timing}.json
@@ -81,6 +82,7 @@ MANIFEST = "search.json"
 MANIFEST_FORMAT = "keras-ctr-compress-search"
 LATENCY_FILE = "latency_model.json"
 REFERENCE_FILE = "fp32.tflite"
+ANCHOR_FILE = "latency_anchor.json"
 PROJECT = "search"
 #: how long a worker waits for the chief's settings and latency model
 WORKER_WAIT_SECONDS = 1800
@@ -387,6 +389,7 @@ def search(
     num_initial_points: int | None = None,
     hyperband_max_epochs: int = 3,
     calibration_rows: int = 8192,
+    negligible_share: float = 0.02,
     log: Callable[[str], None] | None = None,
 ) -> SearchResult:
     """Searches plans of ``model`` under a byte and / or latency budget (module docstring).
@@ -421,6 +424,8 @@ def search(
             (default :func:`~keras_ctr_compress.search.tuner.default_initial_points`).
         hyperband_max_epochs: Hyperband's largest epoch count.
         calibration_rows: training rows that calibrate each trial's transforms.
+        negligible_share: under a byte budget, table and pair entries whose options move
+            the file by less than this share of it stay unchanged (0: search them all).
         log: where progress lines go (default: stderr).
 
     Raises:
@@ -441,6 +446,7 @@ def search(
     fp32_bytes = int(cost.reference_bytes)
     budget = _budget(fp32_bytes, max_bytes, max_ratio, max_latency_us, soft_budget)
     space = _with_finetune(space or search_space(model), {**(finetune or {}), "epochs": trial_epochs})
+    space, negligible = _fix_negligible(space, cost, budget, negligible_share)
     encoding = Encoding(space, cost)
     if not encoding.names:
         raise ValueError("the search space has nothing left to choose (every entry is fixed)")
@@ -454,8 +460,12 @@ def search(
         log(f"[search] {model.name}: fp32 file {fp32_bytes:,} B; budget {budget.describe()}; "
             f"{len(encoding.names)} hyperparameters, {space.size():.2e} plans; tuner {tuner}, {trials} trials"
             + (" (resuming)" if resuming else "") + (f" ({role})" if role != "local" else ""))
+        if negligible:
+            log(f"[search] left unchanged (their options move the file by < {negligible_share:.0%} of the budget): "
+                + ", ".join(negligible))
     possible = check_possible(encoding, cost, None, budget, fp32_bytes)
     latency = _latency(latency_model, model, data, space, out, role, latency_plans, seed, possible, log, verbose)
+    latency = _anchor(latency, out, data, role, log, verbose)
     if budget.max_latency_us is not None:
         possible = check_possible(encoding, cost, latency, budget, fp32_bytes)
     if role != "worker":
@@ -513,8 +523,46 @@ def search(
                     fp32_bytes, timings, possible, role, log, verbose, runner.best)
 
 
+def _anchor(latency: LatencyModel | None, out: Path, data: CTRDataset, role: str, log, verbose) -> LatencyModel | None:
+    """The latency model re-anchored to the machine's speed now (``LatencyModel.anchored``):
+    the chief or local run times the fp32 reference file and writes the factor for its
+    workers, so that every process predicts alike."""
+    from keras_ctr_compress.export import measure_latency
+
+    ref, anchor = out / REFERENCE_FILE, out / ANCHOR_FILE
+    if latency is None:
+        return None
+    if role == "worker":
+        if anchor.exists():
+            return replace(latency, weights=latency.weights * json.loads(anchor.read_text())["scale"],
+                           scale=json.loads(anchor.read_text())["scale"])
+        return latency
+    if not ref.exists():  # the cost model was measured in this process already: no file kept
+        return latency
+    now = measure_latency({"fp32": ref}, data.valid.x, batch_sizes=(1,), min_seconds=0.5)["fp32"][1]["median_us"]
+    anchored = latency.anchored(now)
+    atomic_write_text(anchor, json.dumps({"scale": anchored.scale, "fp32_us": now}) + "\n")
+    if verbose:
+        log(f"[search] latency model anchored to the machine now: fp32 file {now:.1f} us at batch 1 "
+            f"(predictions x {anchored.scale:.2f})")
+    return anchored
+
+
 def _latency_summary(latency: LatencyModel | None) -> dict:
     return latency.summary() if latency is not None else {"source": "not predicted (latency_plans=0)"}
+
+
+def _fix_negligible(space: SearchSpace, cost, budget: Budget, share: float) -> tuple[SearchSpace, list[str]]:
+    """The space with its negligible table / pair entries fixed to unchanged
+    (:func:`~keras_ctr_compress.search.hparams.negligible_entries`); only under a byte budget."""
+    from keras_ctr_compress.search.hparams import negligible_entries
+
+    if budget.max_bytes is None or share <= 0:
+        return space, []
+    names = negligible_entries(Encoding(space, cost), cost, share * budget.max_bytes)
+    for name in names:
+        space = space.fix(name, None) if name == "pairs" else space.fix(name, {"method": "fp32"})
+    return space, names
 
 
 def _with_finetune(space: SearchSpace, finetune: dict) -> SearchSpace:
@@ -597,7 +645,7 @@ def _finalize(model, data, finished, budget, cost, latency, out, seed, final_epo
     """
     from keras_ctr_compress.artifacts import save_trained
     from keras_ctr_compress.compress import select_fields
-    from keras_ctr_compress.export import measure_latency
+    from keras_ctr_compress.export import export_litert, measure_latency
     from keras_ctr_compress.search.apply import apply_plan, export_plan
 
     ranked = sorted(finished, key=lambda t: -t["score"])
@@ -619,8 +667,12 @@ def _finalize(model, data, finished, budget, cost, latency, out, seed, final_epo
             log(f"[search] trial {t['trial_id']}: exported {exported['bytes']:,} B > budget; next best")
             Path(exported["path"]).unlink()
             continue
-        lat = measure_latency({"best": exported["path"]}, select_fields(data.valid.x, kept), batch_sizes=(1,),
-                              min_seconds=0.5, seed=seed)["best"][1]["median_us"]
+        ref = out / REFERENCE_FILE
+        if not ref.exists():
+            export_litert(model, ref)
+        timed = measure_latency({"best": exported["path"], "fp32": ref}, data.valid.x, batch_sizes=(1,),
+                                min_seconds=0.5, seed=seed, input_columns={"best": kept})
+        lat, lat_fp32 = timed["best"][1]["median_us"], timed["fp32"][1]["median_us"]
         ft = info["finetune"] or {}
         best = {
             "trial_id": t["trial_id"], "trial_val_auc": t["val_auc"], "score": t["score"],
@@ -633,6 +685,11 @@ def _finalize(model, data, finished, budget, cost, latency, out, seed, final_epo
             "kept_field_indices": kept, "path": exported["path"], "plan": plan.to_dict(),
         }
         best["latency_rel_error"] = None if latency is None else (best["latency_us_predicted"] - lat) / lat
+        best["latency_us_fp32_measured"] = float(lat_fp32)  # timed interleaved with the best file
+        if latency is not None:  # ratios to fp32 cancel the machine's drift since calibration
+            ratio_pred = best["latency_us_predicted"] / latency.predict(Plan())
+            best["latency_ratio_measured"], best["latency_ratio_predicted"] = lat / lat_fp32, ratio_pred
+            best["latency_ratio_rel_error"] = (ratio_pred - lat / lat_fp32) / (lat / lat_fp32)
         plan.save(out / "best_plan.json")
         save_trained(out / "best", small, data.preprocessor,
                      {"plan": plan.to_dict(), "kept_field_indices": kept, "search": {

@@ -10,7 +10,8 @@ its list index, ``(index + 0.5) / len``):
   prices each option alone), so that neighbouring values are neighbouring sizes;
 - ``dense.<layer>.units``: kept units, all first, then fewer;
 - ``dense.<layer>.rank``: ``"full"`` first, then ranks from high to low;
-- ``pairs``: pair sparsity from 0 (all pairs) up;
+- ``pairs``: pair sparsities, largest file first (the closed-form FM sum over all
+  pairs can be smaller than an explicit list of most of them);
 - ``drq``: a ``Boolean``.
 
 Entries the space fixes, and entries with a single choice, get no hyperparameter:
@@ -87,7 +88,7 @@ class Encoding:
                 self.ranks[name] = ranks
         self.sparsities: list[float] = []
         if space.pairs is not None and "pairs" not in space.fixed and len(space.pairs.sparsities) > 1:
-            self.sparsities = sorted(float(s) for s in space.pairs.sparsities)
+            self.sparsities = _order_sparsities(sorted(float(s) for s in space.pairs.sparsities), space, cost)
         self.drq_free = "drq" not in space.fixed and len(space.drq) > 1
         #: hyperparameter names, in :meth:`hyperparameters` order
         self.names: list[str] = [hp.name for hp in self.hyperparameters().space]
@@ -104,7 +105,7 @@ class Encoding:
         for name, ranks in self.ranks.items():
             hp.Choice(f"dense.{name}.rank", ranks, ordered=False)
         if self.sparsities:
-            hp.Choice("pairs", self.sparsities)
+            hp.Choice("pairs", self.sparsities, ordered=False, default=min(self.sparsities))
         if self.drq_free:
             hp.Boolean("drq", default=bool(self.space.drq[0]))
         return hp
@@ -146,7 +147,7 @@ class Encoding:
                 dense[name] = entry
         pairs = None
         if self.space.pairs is not None and "pairs" not in self.space.fixed:
-            s = float(values.get("pairs", self.sparsities[0] if self.sparsities else self.space.pairs.sparsities[0]))
+            s = float(values.get("pairs", min(self.sparsities) if self.sparsities else self.space.pairs.sparsities[0]))
             pairs = {"sparsity": s} if s > 0 else None
         drq = bool(values.get("drq", self.space.drq[0])) if "drq" not in self.space.fixed else False
         space = self.space
@@ -233,6 +234,19 @@ def _with_finetune(space: SearchSpace, finetune: Mapping) -> SearchSpace:
     return new
 
 
+def _order_sparsities(values: list[float], space: SearchSpace, cost) -> list[float]:
+    """Pair sparsities sorted by the bytes of the default plan with only them changed
+    (largest first; ties keep the lower sparsity first)."""
+    def size(s: float) -> float:
+        try:
+            return -cost.plan_bytes(space.compose({}, {}, {"sparsity": s} if s > 0 else None, False,
+                                                  apply_fixed=False))
+        except ValueError:
+            return float("inf")
+
+    return sorted(values, key=lambda s: (size(s), s))
+
+
 def _order_by_bytes(tokens: dict[str, dict], name: str, space: SearchSpace, cost) -> dict[str, dict]:
     """``tokens`` sorted by the bytes of the default plan with only this table changed
     (largest first; a token the model refuses alone goes last)."""
@@ -244,3 +258,34 @@ def _order_by_bytes(tokens: dict[str, dict], name: str, space: SearchSpace, cost
 
     ranked = sorted(tokens.items(), key=size)
     return dict(ranked)
+
+
+def negligible_entries(encoding: Encoding, cost, threshold_bytes: float) -> list[str]:
+    """Table and pair hyperparameters whose options change the exported file by less
+    than ``threshold_bytes`` (each option priced alone on the unchanged model).
+
+    Such an entry cannot help a plan meet a byte budget, yet each is one more dimension
+    the Bayesian model must learn from a handful of trials (a 9-row table offers 16
+    options spanning ~1.7 KB of a 106 KB budget).
+    """
+    space = encoding.space
+    out = []
+    for name in encoding.names:
+        if name.startswith("tables."):
+            field = name[len("tables."):]
+            plans = [space.compose({field: encoding.tables[field][t]}, {}, None, False, apply_fixed=False)
+                     for t in encoding.choices(name)]
+        elif name == "pairs":
+            plans = [space.compose({}, {}, {"sparsity": s} if s > 0 else None, False, apply_fixed=False)
+                     for s in encoding.choices(name)]
+        else:
+            continue
+        sizes = []
+        for p in plans:
+            try:
+                sizes.append(cost.plan_bytes(p))
+            except ValueError:
+                continue
+        if sizes and max(sizes) - min(sizes) < threshold_bytes:
+            out.append(name)
+    return out

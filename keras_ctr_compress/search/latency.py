@@ -119,6 +119,16 @@ class LatencyModel:
     points: list[dict] = field(default_factory=list)
     machine: dict = field(default_factory=dict)
     seconds: float = 0.0
+    #: factor the calibrated weights are multiplied by (see :meth:`anchored`)
+    scale: float = 1.0
+
+    def anchored(self, measured_fp32_us: float) -> LatencyModel:
+        """A copy re-anchored to the machine's speed now: all weights scaled so that the
+        unchanged model's prediction equals ``measured_fp32_us``, the fp32 file timed
+        just now. On a shared machine absolute times drift (4x between a calibration
+        under load and a quiet hour, measured here); the model's *ratios* hold."""
+        factor = measured_fp32_us / self.predict(Plan())
+        return replace(self, weights=self.weights * factor, scale=self.scale * factor)
 
     def predict(self, plan: Plan) -> float:
         """Microseconds per batch-1 invoke of ``plan``'s exported file.
@@ -139,7 +149,7 @@ class LatencyModel:
             "loo_median_abs_rel_error": float(np.median(rel)) if rel else None,
             "loo_max_abs_rel_error": float(np.max(rel)) if rel else None,
             "fit_median_abs_rel_error": float(np.median(fit)) if fit else None,
-            "calibration_seconds": self.seconds,
+            "calibration_seconds": self.seconds, "scale": self.scale,
         }
 
     # ------------------------------------------------------------------ JSON

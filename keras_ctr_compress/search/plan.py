@@ -62,7 +62,8 @@ QUANT_TRAININGS = ("qat", "lpt-dr", "lpt-sr", "alpt")
 _TABLE_KEYS = {"method", "bits", "granularity", "tiers", "fractions", "rank"}
 _DENSE_KEYS = {"rank", "units"}
 _PAIR_KEYS = {"sparsity", "kept"}
-_FINETUNE_KEYS = {"epochs", "learning_rate", "batch_size", "patience", "quant_training", "table_learning_rate"}
+_FINETUNE_KEYS = {"epochs", "learning_rate", "batch_size", "patience", "quant_training", "table_learning_rate",
+                  "lr_decays"}
 _PLAN_KEYS = {"format", "version", "model", "tables", "dense", "pairs", "drq", "finetune"}
 
 
@@ -285,6 +286,9 @@ class FinetuneOptions:
             fake-quantised) or the ALPT family ``lpt-dr``, ``lpt-sr``, ``alpt``
             (int8-stored codes updated by their own row-wise optimizer).
         table_learning_rate: the ``lpt`` tables' own learning rate.
+        lr_decays: on a validation plateau, restore the best weights and divide the
+            learning rate by 10 this many times before stopping (``DecayOnPlateau``;
+            0: plain early stopping).
     """
 
     epochs: int = 1
@@ -293,10 +297,11 @@ class FinetuneOptions:
     patience: int = 1
     quant_training: str = "qat"
     table_learning_rate: float = 1e-3
+    lr_decays: int = 0
 
     def __post_init__(self):
         e = "finetune"
-        for k in ("epochs", "patience"):
+        for k in ("epochs", "patience", "lr_decays"):
             if not _is_int(getattr(self, k)) or getattr(self, k) < 0:
                 raise _fail(e, f"{k} must be an integer >= 0, got {getattr(self, k)!r}")
         if not _is_int(self.batch_size) or self.batch_size < 1:
@@ -309,7 +314,7 @@ class FinetuneOptions:
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in ("epochs", "learning_rate", "batch_size", "patience",
-                                              "quant_training", "table_learning_rate")}
+                                              "quant_training", "table_learning_rate", "lr_decays")}
 
     @classmethod
     def from_dict(cls, d) -> FinetuneOptions:
