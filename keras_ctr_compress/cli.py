@@ -203,7 +203,7 @@ def _add_search_parsers(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue the interrupted search in --out")
     p.add_argument("--trial-epochs", type=int, default=1, help="fine-tuning epochs per trial")
-    p.add_argument("--final-epochs", type=int, default=10, help="at most this many epochs for the best plan")
+    p.add_argument("--final-epochs", type=int, default=12, help="at most this many epochs for the best plan")
     p.add_argument("--fix", action="append", default=[], metavar="ENTRY=JSON",
                    help="fix one plan entry, e.g. 'dense.dnn_0={\"units\": 100}' or drq=true (repeatable)")
     p.add_argument("--restrict", action="append", default=[], metavar="ENTRY:KEY=V1,V2",
@@ -447,8 +447,10 @@ def cmd_memory(a) -> int:
     rec["command"] = (f"kcc memory --rows {a.rows} --dim {a.dim} --configs {','.join(configs)} "
                       f"--steps {a.steps} --json {a.json}")
     write_record(rec, a.json)
-    for c, ratio in rec["fp32_share_over"].items():
-        print(f"fp32-adam table share / {c}: {ratio:.2f}x")
+    for c, ratio in rec["fp32_state_bytes_over"].items():
+        rss = rec["fp32_share_over"].get(c)
+        rss_text = f"{rss:.2f}x" if rss is not None else "below RSS resolution"
+        print(f"fp32-adam table state / {c}: {ratio:.2f}x exact bytes, RSS growth {rss_text}")
     print(f"record written to {a.json}")
     return 0
 

@@ -30,6 +30,7 @@ from keras_ctr_compress.search import (
 )
 from keras_ctr_compress.search.budget import Feasibility, check_possible
 from keras_ctr_compress.search.commands import narrow
+from keras_ctr_compress.search.hparams import negligible_entries
 from keras_ctr_compress.search.pareto import dominates
 from keras_ctr_compress.search.tuner import make_oracle
 
@@ -110,6 +111,16 @@ def test_encoding_round_trips_and_orders_choices_by_bytes(model):
         sizes = [cost.plan_bytes(space.compose({name: enc.tables[name][t]}, {}, None, False))
                  for t in enc.choices(f"tables.{name}")]
         assert sizes == sorted(sizes, reverse=True), (name, sizes)
+    pair_sizes = [cost.plan_bytes(space.compose({}, {}, {"sparsity": x} if x else None, False))
+                  for x in enc.choices("pairs")]
+    assert pair_sizes == sorted(pair_sizes, reverse=True)
+    # entries whose options span less than the threshold are the ones left unchanged
+    spans = {n: max(sz) - min(sz) for n, sz in
+             {f"tables.{f}": [cost.plan_bytes(space.compose({f: enc.tables[f][t]}, {}, None, False))
+                              for t in enc.choices(f"tables.{f}")] for f in enc.tables}.items()}
+    cut = sorted(spans.values())[len(spans) // 2]
+    assert set(negligible_entries(enc, cost, cut)) - {"pairs"} == {n for n, v in spans.items() if v < cut}
+    assert negligible_entries(enc, cost, 0) == []
     narrowed = narrow(space, ['dense.dnn_0={"units": 16}', "drq=true"], ["tables.*:methods=fp32,quant", "tables.*:bits=8,4"])
     enc2 = Encoding(narrowed, cost)
     assert "dense.dnn_0.units" not in enc2.names and "drq" not in enc2.names

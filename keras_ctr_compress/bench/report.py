@@ -184,12 +184,16 @@ def _memory_section(path: Path, rec: dict) -> str:
     lines = [f"## Training memory (`{path.name}`)", "",
              f"{rec['rows']:,} x {rec['dim']} table, {rec['steps']} steps of batch {rec['batch']}, each "
              f"configuration in its own process; command `{rec.get('command', '?')}`.", "",
-             "| config | table dtype | peak RSS MiB | table share MiB | fp32-adam share / this |",
-             "|---|---|---|---|---|"]
+             "| config | table dtype | peak RSS MiB | table share MiB | fp32-adam share / this | "
+             "table + slot bytes | fp32-adam bytes / this |",
+             "|---|---|---|---|---|---|---|"]
     for r in rec["results"]:
         ratio = rec.get("fp32_share_over", {}).get(r["config"])
+        exact = rec.get("fp32_state_bytes_over", {}).get(r["config"])
+        state = r["table_variable_bytes"] + r["optimizer_slot_bytes"]
         lines.append(f"| {r['config']} | {r['table_dtype']} | {r['peak_rss_mb']:,.0f} | {r['table_share_mb']:,.0f} | "
-                     f"{'' if ratio is None else f'{ratio:.2f}x'} |")
+                     f"{'' if ratio is None else f'{ratio:.2f}x'} | {state:,} | "
+                     f"{'' if exact is None else f'{exact:.2f}x'} |")
     return "\n".join(lines) + "\n"
 
 

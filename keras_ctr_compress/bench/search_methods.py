@@ -8,7 +8,7 @@ test like every other method. Options (``kcc bench --budget-ratio R --trials N``
 
 - ``budget_ratio``: the file at most ``1/R`` of the fp32 file (default 16);
 - ``trials``: trials per search (default 20; 4 with ``--quick``);
-- ``final_epochs``: epochs (early stopping) for the best plan (default 10; 2 quick);
+- ``final_epochs``: epochs (early stopping) for the best plan (default 12; 2 quick);
 - ``latency_plans``: files timed to calibrate the latency model (default 10; 4 quick).
 
 Each search keeps its folder (``<workdir>/seed<k>/<method>/``: trials, Pareto front,
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from keras_ctr_compress.bench.registry import Candidate, MethodContext, add_method
 
-DEFAULTS = {"budget_ratio": 16.0, "trials": 20, "final_epochs": 10, "latency_plans": 10}
+DEFAULTS = {"budget_ratio": 16.0, "trials": 20, "final_epochs": 12, "latency_plans": 10}
 QUICK = {"trials": 4, "final_epochs": 2, "latency_plans": 4}
 
 

@@ -200,36 +200,3 @@ def check_possible(encoding: Encoding, cost, latency, budget: Budget, fp32_bytes
             f"({out['min_latency_us']:.1f} us predicted at batch 1 on this machine): raise the budget")
     return out
 
-
-def balanced_values(encoding: Encoding, feasibility: Feasibility, *, rounds: int = 64) -> dict | None:
-    """The *balanced* plan: from the largest value of every hyperparameter, each steps
-    one option smaller in turn (entries with the widest byte span first in each round)
-    until the plan fits the budget. No entry is crippled while others stay untouched:
-    a sensible first trial where a tight budget makes most random plans extreme.
-    None if it never fits.
-    """
-    names = encoding.names
-    span = {}
-    for n in names:
-        sizes = [feasibility.check({**encoding.hyperparameters().values, n: v}).nbytes for v in encoding.choices(n)]
-        finite = [b for b in sizes if b is not None]
-        span[n] = (max(finite) - min(finite)) if finite else 0
-    order = sorted(names, key=lambda n: -span[n])
-    values = {n: encoding.choices(n)[0] for n in names}
-    for _ in range(rounds):
-        moved = False
-        for n in order:
-            choices = encoding.choices(n)
-            k = choices.index(values[n])
-            if k + 1 >= len(choices):
-                continue
-            trial = {**values, n: choices[k + 1]}
-            priced = feasibility.check(trial)
-            if priced.plan is None:  # the model refuses it (e.g. too many fields pruned): skip this step
-                continue
-            values, moved = trial, True
-            if priced.ok:
-                return values
-        if not moved:
-            return None
-    return None

@@ -88,6 +88,14 @@ PROJECT = "search"
 WORKER_WAIT_SECONDS = 1800
 #: rows of the validation split the exported best file is parity-checked and timed on
 CHECK_ROWS = 2000
+#: the trials' fine-tuning (besides ``trial_epochs``): a compressed model recovers more in
+#: one epoch at 1e-3 than at FinetuneOptions' 1e-4 (frappe DeepFM, ranks 16/8/8 + a
+#: rank-4 item table: val AUC 0.9790 vs 0.9772 after one epoch)
+TRIAL_FINETUNE = {"learning_rate": 1e-3}
+#: the best plan's final fine-tuning (besides ``final_epochs``): early stopping after 2
+#: epochs without gain, once with the learning rate / 10 first (same plan: test AUC
+#: 0.9809 vs 0.9803 with plain early stopping)
+FINAL_FINETUNE = {"patience": 2, "lr_decays": 1}
 
 
 @dataclass
@@ -382,7 +390,7 @@ def search(
     soft_budget: bool = False,
     verbose: int = 1,
     trial_epochs: int = 1,
-    final_epochs: int = 10,
+    final_epochs: int = 12,
     finetune: dict | None = None,
     latency_model: LatencyModel | str | Path | None = None,
     latency_plans: int = 10,
@@ -445,7 +453,8 @@ def search(
     cost = _cost(model, out, reuse=resume or role == "worker")
     fp32_bytes = int(cost.reference_bytes)
     budget = _budget(fp32_bytes, max_bytes, max_ratio, max_latency_us, soft_budget)
-    space = _with_finetune(space or search_space(model), {**(finetune or {}), "epochs": trial_epochs})
+    space = _with_finetune(space or search_space(model),
+                           {**TRIAL_FINETUNE, **(finetune or {}), "epochs": trial_epochs})
     space, negligible = _fix_negligible(space, cost, budget, negligible_share)
     encoding = Encoding(space, cost)
     if not encoding.names:
@@ -652,7 +661,7 @@ def _finalize(model, data, finished, budget, cost, latency, out, seed, final_epo
     for t in ranked[:5]:
         plan = Plan.from_dict(t["plan"])
         if final_epochs > plan.finetune.epochs:
-            plan = replace(plan, finetune=replace(plan.finetune, epochs=final_epochs, patience=2))
+            plan = replace(plan, finetune=replace(plan.finetune, epochs=final_epochs, **FINAL_FINETUNE))
         if kept is not None and kept["trial_id"] == t["trial_id"] and plan == Plan.from_dict(t["plan"]):
             small, info = kept["model"], kept["info"]
         else:
