@@ -190,6 +190,8 @@ def _add_search_parsers(sub) -> None:
     p.add_argument("--model", required=True, help="trained model folder (kcc train --out)")
     p.add_argument("--data", default=None, help="dataset spec (default: the one the model was trained on)")
     p.add_argument("--split-seed", type=int, default=None, help="default: the model's")
+    p.add_argument("--skip-bad-rows", type=int, default=None, metavar="N",
+                   help="skip and count up to N malformed input rows (default: the model's kcc train setting)")
     p.add_argument("--out", required=True, help="search folder: state, trials, Pareto front, best plan and file")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--max-bytes", type=int, default=None, help="cap on the exported .tflite bytes")
@@ -218,6 +220,8 @@ def _add_search_parsers(sub) -> None:
     p.add_argument("--plan", required=True, help="plan JSON (e.g. kcc search's best_plan.json)")
     p.add_argument("--data", default=None, help="dataset spec (default: the one the model was trained on)")
     p.add_argument("--split-seed", type=int, default=None, help="default: the model's")
+    p.add_argument("--skip-bad-rows", type=int, default=None, metavar="N",
+                   help="skip and count up to N malformed input rows (default: the model's kcc train setting)")
     p.add_argument("--out", required=True, help="output folder: model.tflite, model.keras, plan.json, meta.json")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-finetune", action="store_true", help="transforms only")

@@ -397,6 +397,17 @@ def test_skip_bad_rows_skips_and_counts(tmp_path, capsys):
     rc, out_text, err = run_cli(["score", str(tfl), "--data", spec(data, tmp_path / "schema.json"),
                                  "--skip-bad-rows", "4"], capsys)
     assert rc == 0 and "AUC" in out_text, err
+    # compressing takes the model's limit by default; --skip-bad-rows overrides it
+    from keras_ctr_compress.search import Plan
+
+    plan = Plan().save(tmp_path / "plan.json")
+    argv = ["compress", "--model", str(out), "--plan", str(plan), "--no-finetune"]
+    rc, _, err = run_cli([*argv, "--out", str(tmp_path / "c0"), "--skip-bad-rows", "0"], capsys)
+    assert_one_line_error(rc, err, "compress", "d.csv:5: 2 columns")
+    assert not (tmp_path / "c0").exists()
+    rc, out_text, err = run_cli([*argv, "--out", str(tmp_path / "c4")], capsys)
+    assert rc == 0 and "test AUC" in out_text, err
+    assert "skipped 4 malformed rows (--skip-bad-rows 4)" in err
 
 
 def test_nan_and_infinite_numerics_are_missing_values(tmp_path, trained, capsys):

@@ -57,16 +57,25 @@ def narrow(space, fixes: list[str], restricts: list[str]):
     return space
 
 
-def _load(model_dir: str, data: str | None, split_seed: int | None):
+def _load(model_dir: str, data: str | None, split_seed: int | None, skip_bad_rows: int | None = None,
+          log: Callable[[str], None] = print):
+    """The trained model and its data; split seed and bad-row tolerance default to the
+    ones the model was trained with (its meta.json)."""
     from keras_ctr_compress.artifacts import load_trained
     from keras_ctr_compress.data import load_dataset
 
+    if skip_bad_rows is not None and skip_bad_rows < 0:
+        raise ValueError(f"--skip-bad-rows must be >= 0, got {skip_bad_rows}")
     tm = load_trained(model_dir)
     spec = data or tm.meta.get("data")
     if not spec:
         raise ValueError(f"{model_dir}: its meta.json names no dataset; pass --data SPEC")
     seed = tm.meta.get("split_seed", 0) if split_seed is None else split_seed
-    ds = load_dataset(spec, seed=seed, preprocessor=tm.preprocessor)
+    skip = tm.meta.get("skip_bad_rows", 0) if skip_bad_rows is None else skip_bad_rows
+    ds = load_dataset(spec, seed=seed, preprocessor=tm.preprocessor, skip_bad_rows=skip)
+    if ds.info.get("skipped_rows"):
+        log(f"skipped {ds.info['skipped_rows']} malformed rows (--skip-bad-rows {skip}); "
+            f"first: {ds.info['skipped_examples'][0]}")
     return tm, ds, spec
 
 
@@ -83,7 +92,7 @@ def cmd_search(a, log: Callable[[str], None]) -> int:
     if a.max_ratio is not None and a.max_ratio < 1:
         raise ValueError(f"--max-ratio {a.max_ratio:g}: the file may be at most 1/R of the fp32 file, so R must be "
                          f">= 1 (did you mean --max-ratio {1 / a.max_ratio:g}?)")
-    tm, ds, _ = _load(a.model, a.data, a.split_seed)
+    tm, ds, _ = _load(a.model, a.data, a.split_seed, a.skip_bad_rows, log)
     if a.space:
         path = Path(a.space)
         try:
@@ -129,7 +138,7 @@ def cmd_compress(a, log: Callable[[str], None]) -> int:
     from keras_ctr_compress.search import Plan, apply_plan, export_plan, plan_bytes, validate
 
     plan = Plan.load(a.plan)
-    tm, ds, spec = _load(a.model, a.data, a.split_seed)
+    tm, ds, spec = _load(a.model, a.data, a.split_seed, a.skip_bad_rows, log)
     validate(plan, tm.model)  # before any work: one line naming the bad entry
     predicted = plan_bytes(tm.model, plan)
     log(f"[compress] {Path(a.plan).name}: {predicted:,} B predicted; applying to {a.model}")
