@@ -360,12 +360,23 @@ def test_bad_input_gives_one_line_and_writes_nothing(case, trained, tmp_path, ca
     assert_one_line_error(rc, err, argv[0], case.expected)
     # no output, no temporary file, no half-written folder
     assert files_under(tmp_path) - before == set(case.kept)
+    _record_case(case.name, rc, err)
     for name in case.kept:
         if name.endswith(".tflite"):  # what is kept is complete: it loads and runs
             from keras_ctr_compress.export import LiteRTModel
 
             model = LiteRTModel(tmp_path / name)
             assert np.all(np.isfinite(model.predict(np.ones((2, model.num_fields), np.int32))))
+
+
+def _record_case(name: str, rc: int, err: str) -> None:
+    """KCC_BAD_INPUT_TABLE=FILE appends what each bad input produced (a JSON line per
+    case) for the table in the docs; the test itself does not depend on it."""
+    import os
+
+    if os.environ.get("KCC_BAD_INPUT_TABLE"):
+        with open(os.environ["KCC_BAD_INPUT_TABLE"], "a") as fh:
+            fh.write(json.dumps({"case": name, "exit": rc, "error": err.strip()}) + "\n")
 
 
 # ---------------------------------------------------------------- not errors, by design
