@@ -57,6 +57,10 @@ class Candidate:
             None: the fp32 model. A method that quantises its own tables and then
             applies DRQ to the rest names its quantised Keras model here, so the
             reported difference is DRQ's, not the whole compression's.
+        parity_max_abs: a parity measured where the file's own model lives (the
+            ``tfmot-prune`` peer's tf_keras model, in its own process); the runner
+            records and enforces it instead of comparing with a Keras 3 model the file
+            was never meant to equal.
     """
 
     tflite_path: Path
@@ -66,6 +70,7 @@ class Candidate:
     extra: dict = field(default_factory=dict)
     input_columns: list[int] | None = None
     reference_model: keras.Model | None = None
+    parity_max_abs: float | None = None
 
 
 MethodFn = Callable[[MethodContext], Candidate]

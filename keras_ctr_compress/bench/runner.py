@@ -171,8 +171,13 @@ def _score_candidate(ds: CTRDataset, cand: Candidate, method: str, model: str, s
     probe = _subsample(ds.test, PARITY_ROWS, 3).x[:, cols]
     # Converter-side methods (drq) are lossy by design: report their difference from
     # the Keras model they approximate; for every other method the file must equal its model.
-    enforce = cand.keras_model is not None
-    parity = check_parity(reference, cand.tflite_path, probe, atol=PARITY_ATOL if enforce else np.inf)
+    enforce = cand.keras_model is not None or cand.parity_max_abs is not None
+    if cand.parity_max_abs is not None:
+        parity = float(cand.parity_max_abs)
+        if not parity <= PARITY_ATOL:
+            raise ValueError(f"{method}: its file differs from its own model by {parity:.2e} > {PARITY_ATOL:g}")
+    else:
+        parity = check_parity(reference, cand.tflite_path, probe, atol=PARITY_ATOL if enforce else np.inf)
     sizes = size_breakdown(cand.tflite_path)
     return {
         "method": method, "model": model, "seed": seed,

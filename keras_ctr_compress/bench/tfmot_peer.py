@@ -217,8 +217,9 @@ def tfmot_prune(ctx: MethodContext) -> Candidate:
         "best_val_auc": report["best_val_auc"], "val_auc_history": report["val_auc_history"],
         "versions": report["versions"], "python": python,
     }
+    # its file equals its tf_keras model (checked in the child), not our fp32 Keras model
     return Candidate(tflite_path=out, keras_model=None, train_seconds=report["train_seconds"],
-                     plan=plan, extra=extra)
+                     plan=plan, extra=extra, parity_max_abs=report["file_parity_max_abs"])
 
 
 add_method("tfmot-prune", tfmot_prune,
