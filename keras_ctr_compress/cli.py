@@ -499,14 +499,15 @@ def main(argv: list[str] | None = None) -> int:
     ``kcc <command>: error: <what, naming the file / line / field>``, and exit status
     2 (no traceback unless ``--debug``); an interrupt exits with 130. Every file a
     command writes is written atomically, so neither leaves a half-written one."""
+    from keras_ctr_compress import console
     from keras_ctr_compress.utils import one_line_error
 
     quiet_tensorflow()
     args = build_parser().parse_args(argv)
+    console.reset_notices()  # one-off facts (the reader in use) are stated by every command
+    was_quiet = os.environ.get("KCC_QUIET")
     if args.quiet:
-        from keras_ctr_compress.console import set_quiet
-
-        set_quiet(True)
+        console.set_quiet(True)
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
@@ -517,6 +518,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _log(f"kcc {args.command}: error: {one_line_error(e)}")
         return 2
+    finally:  # --quiet is this command's; a later main() in the same process starts as before
+        if args.quiet and was_quiet is None:
+            os.environ.pop("KCC_QUIET", None)
+        elif args.quiet:
+            os.environ["KCC_QUIET"] = was_quiet
 
 
 if __name__ == "__main__":

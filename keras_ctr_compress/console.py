@@ -45,6 +45,12 @@ def notice(message: str) -> None:
     progress(message)
 
 
+def reset_notices() -> None:
+    """Forgets which notices were printed: each ``kcc`` command (``cli.main``) states
+    its one-off facts again, also when several run in one process (tests, notebooks)."""
+    _seen.clear()
+
+
 def keras_verbose(default: int = 2) -> int:
     """The ``verbose`` to pass to Keras' ``fit``: ``default`` (2 = one line per
     epoch), or 0 when quiet."""

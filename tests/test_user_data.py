@@ -103,6 +103,13 @@ def test_quiet_silences_progress_not_results(tmp_path, capsys):
     quiet = capsys.readouterr()
     assert "[train]" not in quiet.err and "[data] reader" not in quiet.err and "Epoch" not in quiet.out + quiet.err
     assert "test AUC" in quiet.out  # the result is still printed
+    # --quiet belonged to that command: the next one in this process reports again,
+    # the reader line included (one-off notices are per command, not per process)
+    for out in ("c", "d"):
+        assert main(["train", "--data", spec, "--out", str(tmp_path / out), "--epochs", "1", "--mlp", "8",
+                     "--embedding-dim", "4"]) == 0
+        loud = capsys.readouterr()
+        assert "[train]" in loud.err and "[data] reader:" in loud.err
 
 
 def test_every_command_help_has_examples(capsys):

@@ -190,9 +190,11 @@ def _memory_section(path: Path, rec: dict) -> str:
     for r in rec["results"]:
         ratio = rec.get("fp32_share_over", {}).get(r["config"])
         exact = rec.get("fp32_state_bytes_over", {}).get(r["config"])
-        state = r["table_variable_bytes"] + r["optimizer_slot_bytes"]
+        # records written before the exact byte counts existed lack them
+        state = (f"{r['table_variable_bytes'] + r['optimizer_slot_bytes']:,}"
+                 if "table_variable_bytes" in r and "optimizer_slot_bytes" in r else "")
         lines.append(f"| {r['config']} | {r['table_dtype']} | {r['peak_rss_mb']:,.0f} | {r['table_share_mb']:,.0f} | "
-                     f"{'' if ratio is None else f'{ratio:.2f}x'} | {state:,} | "
+                     f"{'' if ratio is None else f'{ratio:.2f}x'} | {state} | "
                      f"{'' if exact is None else f'{exact:.2f}x'} |")
     return "\n".join(lines) + "\n"
 
