@@ -225,3 +225,24 @@ def test_every_method_make_bench_runs_is_registered():
     named = {m for v in groups.values() for m in v.split(",")}
     assert named - set(method_names()) == set()
     assert {"tfmot-prune", "alpt-4", "afm-d16-ft", "searched"} <= named
+
+
+def test_report_summarises_field_importance_over_seeds():
+    from pathlib import Path
+
+    from keras_ctr_compress.bench.report import _field_importance_lines
+
+    def row(method, seed, auc, extra=None):
+        return {"method": method, "seed": seed, "test_auc": auc, **({"extra": extra} if extra else {})}
+
+    imp = [{"spearman_taylor_vs_permutation": 0.9, "spearman_norm_vs_permutation": 0.5},
+           {"spearman_taylor_vs_permutation": 0.8, "spearman_norm_vs_permutation": 0.7}]
+    rec = {"results": [row("fp32", s, 0.98) for s in (0, 1)]
+           + [row("shark-fields", s, 0.97 + s / 100, {"importance": imp[s]}) for s in (0, 1)]
+           + [row("shark-fields-random", s, 0.99, {"random_mean_test_auc": 0.90 + s / 100,
+                                                   "random_draws": [{}] * 5}) for s in (0, 1)]}
+    (line,) = [x for x in _field_importance_lines(Path("r.json"), rec) if x]
+    assert "2 seeds" in line and "Taylor 0.850, embedding norm 0.600" in line
+    # the random baseline is the mean of its draws (0.905), not its row's shipped draw (0.99)
+    assert "shark-fields 0.9750" in line and "random (5 draws) 0.9050" in line
+    assert _field_importance_lines(Path("r.json"), {"results": [row("fp32", 0, 0.98)]}) == []

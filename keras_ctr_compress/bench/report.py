@@ -173,8 +173,36 @@ def _dataset_section(dataset: str, records: list[tuple[Path, dict]], results_dir
             f"command `{rec.get('command', '?')}`")
     parts += ["", render_rows(rows), ""]
     parts += [f"Note: {n}." for n in reference_notes(records)]
+    parts += [line for path, rec in records for line in _field_importance_lines(path, rec)]
     parts += ["", f"![AUC vs bytes]({stem}.png) ![latency vs bytes]({stem}_latency.png)", ""]
     return "\n".join(parts)
+
+
+def _field_importance_lines(path: Path, rec: dict) -> list[str]:
+    """SHARK's field-importance facts of a record (means over its seeds): Spearman of
+    Taylor and norm scores against the exact permutation importance, and the test AUC
+    of each way of choosing the fields to drop (random: mean of its draws)."""
+    import numpy as np
+
+    by = defaultdict(list)
+    for r in rec["results"]:
+        by[r["method"]].append(r)
+    taylor = [r["extra"]["importance"] for r in by.get("shark-fields", []) if "importance" in r.get("extra", {})]
+    if not taylor:
+        return []
+    rho_t = np.mean([t["spearman_taylor_vs_permutation"] for t in taylor])
+    rho_n = np.mean([t["spearman_norm_vs_permutation"] for t in taylor])
+    auc = {m: float(np.mean([r["test_auc"] for r in by[m]])) for m in
+           ("fp32", "shark-fields", "shark-fields-permutation", "shark-fields-norm") if by.get(m)}
+    rand = [r["extra"]["random_mean_test_auc"] for r in by.get("shark-fields-random", [])
+            if "random_mean_test_auc" in r.get("extra", {})]
+    if rand:
+        draws = len(by["shark-fields-random"][0]["extra"].get("random_draws", []))
+        auc[f"random ({draws} draws)"] = float(np.mean(rand))
+    aucs = ", ".join(f"{m} {v:.4f}" for m, v in auc.items())
+    return ["", f"Field importance (`{path.name}`, {len(taylor)} seeds): Spearman vs exact permutation "
+            f"importance: Taylor {rho_t:.3f}, embedding norm {rho_n:.3f}. Test AUC after dropping the same "
+            f"number of fields, chosen by: {aucs}."]
 
 
 # ------------------------------------------------------------------ other records
@@ -189,7 +217,7 @@ def _memory_section(path: Path, rec: dict) -> str:
              "|---|---|---|---|---|---|---|"]
     for r in rec["results"]:
         ratio = rec.get("fp32_share_over", {}).get(r["config"])
-        exact = rec.get("fp32_state_bytes_over", {}).get(r["config"])
+        exact = rec.get("fp32_state_bytes_over", {}).get(r["config"]) or _exact_ratio(rec, r)
         # records written before the exact byte counts existed lack them
         state = (f"{r['table_variable_bytes'] + r['optimizer_slot_bytes']:,}"
                  if "table_variable_bytes" in r and "optimizer_slot_bytes" in r else "")
@@ -197,6 +225,16 @@ def _memory_section(path: Path, rec: dict) -> str:
                      f"{'' if ratio is None else f'{ratio:.2f}x'} | {state} | "
                      f"{'' if exact is None else f'{exact:.2f}x'} |")
     return "\n".join(lines) + "\n"
+
+
+def _exact_ratio(rec: dict, r: dict) -> float | None:
+    """fp32-adam's table + slot bytes over this configuration's (older records lack the ratio)."""
+    ref = next((x for x in rec["results"] if x["config"] == "fp32-adam"), None)
+    keys = ("table_variable_bytes", "optimizer_slot_bytes")
+    if ref is None or ref is r or not all(k in ref and k in r for k in keys):
+        return None
+    mine = sum(r[k] for k in keys)
+    return sum(ref[k] for k in keys) / mine if mine else None
 
 
 def _scale_section(path: Path, rec: dict, results_dir: Path) -> str:
