@@ -42,6 +42,9 @@ def machine_facts() -> dict:
         "python": sys.version.split()[0], "tensorflow": tf.__version__,
         "keras": keras.__version__, "litert": getattr(ai_edge_litert, "__version__", "unknown"),
         "numpy": np.__version__,
+        # thread settings change absolute times (ratios are measured side by side)
+        "tf_threads_env": {k: os.environ[k] for k in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+                           if k in os.environ},
     }
 
 
