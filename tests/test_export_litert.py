@@ -226,6 +226,30 @@ def test_drq_refused_where_it_would_requantise_a_quantised_layer(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+class _CodesWithIntRemap(keras.layers.Layer):
+    """int8 codes behind an int32 id -> row remap (RowwiseQuantEmbedding past 32,768 kept rows)."""
+
+    def build(self, input_shape):
+        self.codes = self.add_weight(shape=(64, 4), dtype="int8", trainable=False, initializer="ones",
+                                     name="codes")
+        self.remap = self.add_weight(shape=(40_000,), dtype="int32", trainable=False, initializer="zeros",
+                                     name="remap")
+
+    def call(self, ids):
+        rows = keras.ops.take(self.remap, ids, axis=0)
+        return keras.ops.cast(keras.ops.take(self.codes, rows % 64, axis=0), "float32")
+
+
+def test_drq_stacks_on_an_int32_remap(tmp_path):
+    # DRQ quantises float tensors only; a large integer index is as safe as the codes
+    ids = keras.Input((F,), dtype="int32", name="ids")
+    e = _CodesWithIntRemap(name="remapped_table")(ids)
+    m = keras.Model(ids, _head(keras.layers.Flatten()(e)))
+    path = export_litert(m, tmp_path / "m.tflite", quantization="drq")
+    x = np.random.default_rng(0).integers(0, 40_000, (64, F)).astype("int32")
+    assert 0 <= check_parity(m, path, x, atol=float("inf")) < 0.05
+
+
 def test_exported_file_is_readable_by_others(emb):
     assert emb[1].stat().st_mode & 0o044 == 0o044 & ~_umask()
 
