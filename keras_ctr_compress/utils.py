@@ -48,6 +48,22 @@ def peak_rss_mb() -> float:
     return kb / 1024.0 if sys.platform != "darwin" else kb / 2**20
 
 
+def trim_heap(collect: bool = True) -> None:
+    """Collects Python garbage (unless the caller just did) and hands the C heap's free
+    pages back to the OS (glibc keeps them mapped otherwise: RSS only grows, and later
+    allocations reuse them unseen by an RSS reading)."""
+    import ctypes
+    import gc
+
+    if collect:
+        gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
 def quiet_tensorflow() -> None:
     """Silence TF's C++ start-up chatter (must run before TensorFlow is imported)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

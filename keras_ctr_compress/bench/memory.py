@@ -115,13 +115,11 @@ def run_memory_benchmark(
             log(f"[memory]   {config}: peak {result['peak_rss_mb']:,.0f} MB, table share "
                 f"{result['table_share_mb']:,.0f} MB, table dtype {result['table_dtype']}")
     by = {r["config"]: r for r in results}
-    ratios, exact = {}, {}
+    ratios = {}
     if "fp32-adam" in by:
         # RSS growth below the allocator's resolution (a few MB) has no meaningful ratio
         ratios = {c: by["fp32-adam"]["table_share_mb"] / r["table_share_mb"]
                   for c, r in by.items() if c != "fp32-adam" and r["table_share_mb"] > 0}
-        exact = {c: _state_bytes(by["fp32-adam"]) / _state_bytes(r)
-                 for c, r in by.items() if c != "fp32-adam" and _state_bytes(r) > 0}
     return {
         "schema": SCHEMA,
         "rows": rows, "dim": dim, "steps": steps, "batch": batch, "fields": fields,
@@ -129,13 +127,28 @@ def run_memory_benchmark(
         "command": None,
         "results": results,
         "fp32_share_over": ratios,
-        "fp32_state_bytes_over": exact,
+        "fp32_state_bytes_over": state_bytes_ratios(results),
     }
 
 
-def _state_bytes(result: dict) -> int:
-    """Exact bytes of the table's training state: its per-row variables plus optimizer slots."""
-    return int(result["table_variable_bytes"]) + int(result["optimizer_slot_bytes"])
+_STATE_KEYS = ("table_variable_bytes", "optimizer_slot_bytes")
+
+
+def state_bytes(result: dict) -> int | None:
+    """Exact bytes of the table's training state: its per-row variables plus optimizer
+    slots (None for a result of an older record that lacks them)."""
+    if not all(k in result for k in _STATE_KEYS):
+        return None
+    return sum(int(result[k]) for k in _STATE_KEYS)
+
+
+def state_bytes_ratios(results: list[dict]) -> dict[str, float]:
+    """fp32-adam's exact training-state bytes over each other configuration's."""
+    by = {r["config"]: state_bytes(r) for r in results}
+    ref = by.get("fp32-adam")
+    if not ref:
+        return {}
+    return {c: ref / b for c, b in by.items() if c != "fp32-adam" and b}
 
 
 def write_record(record: dict, path: str | Path) -> Path:

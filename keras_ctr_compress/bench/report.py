@@ -209,32 +209,24 @@ def _field_importance_lines(path: Path, rec: dict) -> list[str]:
 
 
 def _memory_section(path: Path, rec: dict) -> str:
+    from keras_ctr_compress.bench.memory import state_bytes, state_bytes_ratios
+
     lines = [f"## Training memory (`{path.name}`)", "",
              f"{rec['rows']:,} x {rec['dim']} table, {rec['steps']} steps of batch {rec['batch']}, each "
              f"configuration in its own process; command `{rec.get('command', '?')}`.", "",
              "| config | table dtype | peak RSS MiB | table share MiB | fp32-adam share / this | "
              "table + slot bytes | fp32-adam bytes / this |",
              "|---|---|---|---|---|---|---|"]
+    # older records lack the exact ratios (and the oldest the byte counts behind them)
+    exact_over = rec.get("fp32_state_bytes_over") or state_bytes_ratios(rec["results"])
     for r in rec["results"]:
         ratio = rec.get("fp32_share_over", {}).get(r["config"])
-        exact = rec.get("fp32_state_bytes_over", {}).get(r["config"]) or _exact_ratio(rec, r)
-        # records written before the exact byte counts existed lack them
-        state = (f"{r['table_variable_bytes'] + r['optimizer_slot_bytes']:,}"
-                 if "table_variable_bytes" in r and "optimizer_slot_bytes" in r else "")
+        exact = exact_over.get(r["config"])
+        state = state_bytes(r)
         lines.append(f"| {r['config']} | {r['table_dtype']} | {r['peak_rss_mb']:,.0f} | {r['table_share_mb']:,.0f} | "
-                     f"{'' if ratio is None else f'{ratio:.2f}x'} | {state} | "
+                     f"{'' if ratio is None else f'{ratio:.2f}x'} | {'' if state is None else f'{state:,}'} | "
                      f"{'' if exact is None else f'{exact:.2f}x'} |")
     return "\n".join(lines) + "\n"
-
-
-def _exact_ratio(rec: dict, r: dict) -> float | None:
-    """fp32-adam's table + slot bytes over this configuration's (older records lack the ratio)."""
-    ref = next((x for x in rec["results"] if x["config"] == "fp32-adam"), None)
-    keys = ("table_variable_bytes", "optimizer_slot_bytes")
-    if ref is None or ref is r or not all(k in ref and k in r for k in keys):
-        return None
-    mine = sum(r[k] for k in keys)
-    return sum(ref[k] for k in keys) / mine if mine else None
 
 
 def _scale_section(path: Path, rec: dict, results_dir: Path) -> str:

@@ -139,12 +139,13 @@ def _weight_bytes(model) -> int:
 
 def _child_export(method: str, total: int, out: str, plan_path: str | None) -> dict:
     from keras_ctr_compress.export import export_litert
+    from keras_ctr_compress.utils import trim_heap
 
     fields = sweep_fields(total)
     model, quantization, columns = _candidate(method, fields, plan_path)
     # building a compressed candidate frees its float tables; glibc keeps those pages
     # resident, and an export reusing them would not show in RSS: hand them back first
-    _trim_heap()
+    trim_heap()
     before = rss_mb()
     reset_peak()
     t0 = time.perf_counter()
@@ -155,18 +156,6 @@ def _child_export(method: str, total: int, out: str, plan_path: str | None) -> d
             "export_seconds": seconds, "rss_before_export_mb": before, "export_peak_rss_mb": peak,
             "export_extra_mb": peak - before, "model_weight_bytes": _weight_bytes(model),
             "input_columns": columns}
-
-
-def _trim_heap() -> None:
-    import ctypes
-    import gc
-
-    gc.collect()
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
 
 
 def _child_score(path: str, total: int, columns: list[int] | None) -> dict:

@@ -542,9 +542,8 @@ def _anchor(latency: LatencyModel | None, out: Path, data: CTRDataset, role: str
     if latency is None:
         return None
     if role == "worker":
-        if anchor.exists():
-            return replace(latency, weights=latency.weights * json.loads(anchor.read_text())["scale"],
-                           scale=json.loads(anchor.read_text())["scale"])
+        if anchor.exists():  # the chief's total scale, applied to this worker's copy of its model
+            return latency.rescaled(json.loads(anchor.read_text())["scale"] / latency.scale)
         return latency
     if not ref.exists():  # the cost model was measured in this process already: no file kept
         return latency

@@ -234,30 +234,33 @@ def _with_finetune(space: SearchSpace, finetune: Mapping) -> SearchSpace:
     return new
 
 
+def _bytes_alone(space: SearchSpace, cost, *, table: tuple[str, dict] | None = None,
+                 sparsity: float | None = None) -> int | None:
+    """Bytes of the default plan with only one table entry (``(field, entry)``) or the
+    pair sparsity changed; None where the model refuses that change alone."""
+    tables = dict([table]) if table is not None else {}
+    pairs = {"sparsity": sparsity} if sparsity else None
+    try:
+        return cost.plan_bytes(space.compose(tables, {}, pairs, False, apply_fixed=False))
+    except ValueError:
+        return None
+
+
+def _largest_first(nbytes: int | None) -> float:
+    """Sort key: larger files first, refused options last."""
+    return float("inf") if nbytes is None else -nbytes
+
+
 def _order_sparsities(values: list[float], space: SearchSpace, cost) -> list[float]:
     """Pair sparsities sorted by the bytes of the default plan with only them changed
     (largest first; ties keep the lower sparsity first)."""
-    def size(s: float) -> float:
-        try:
-            return -cost.plan_bytes(space.compose({}, {}, {"sparsity": s} if s > 0 else None, False,
-                                                  apply_fixed=False))
-        except ValueError:
-            return float("inf")
-
-    return sorted(values, key=lambda s: (size(s), s))
+    return sorted(values, key=lambda s: (_largest_first(_bytes_alone(space, cost, sparsity=s)), s))
 
 
 def _order_by_bytes(tokens: dict[str, dict], name: str, space: SearchSpace, cost) -> dict[str, dict]:
     """``tokens`` sorted by the bytes of the default plan with only this table changed
     (largest first; a token the model refuses alone goes last)."""
-    def size(item):
-        try:
-            return -cost.plan_bytes(space.compose({name: item[1]}, {}, None, False, apply_fixed=False))
-        except ValueError:
-            return float("inf")
-
-    ranked = sorted(tokens.items(), key=size)
-    return dict(ranked)
+    return dict(sorted(tokens.items(), key=lambda item: _largest_first(_bytes_alone(space, cost, table=(name, item[1])))))
 
 
 def negligible_entries(encoding: Encoding, cost, threshold_bytes: float) -> list[str]:
@@ -273,19 +276,12 @@ def negligible_entries(encoding: Encoding, cost, threshold_bytes: float) -> list
     for name in encoding.names:
         if name.startswith("tables."):
             field = name[len("tables."):]
-            plans = [space.compose({field: encoding.tables[field][t]}, {}, None, False, apply_fixed=False)
-                     for t in encoding.choices(name)]
+            sizes = [_bytes_alone(space, cost, table=(field, encoding.tables[field][t])) for t in encoding.choices(name)]
         elif name == "pairs":
-            plans = [space.compose({}, {}, {"sparsity": s} if s > 0 else None, False, apply_fixed=False)
-                     for s in encoding.choices(name)]
+            sizes = [_bytes_alone(space, cost, sparsity=s) for s in encoding.choices(name)]
         else:
             continue
-        sizes = []
-        for p in plans:
-            try:
-                sizes.append(cost.plan_bytes(p))
-            except ValueError:
-                continue
+        sizes = [b for b in sizes if b is not None]
         if sizes and max(sizes) - min(sizes) < threshold_bytes:
             out.append(name)
     return out

@@ -127,7 +127,10 @@ class LatencyModel:
         unchanged model's prediction equals ``measured_fp32_us``, the fp32 file timed
         just now. On a shared machine absolute times drift (4x between a calibration
         under load and a quiet hour, measured here); the model's *ratios* hold."""
-        factor = measured_fp32_us / self.predict(Plan())
+        return self.rescaled(measured_fp32_us / self.predict(Plan()))
+
+    def rescaled(self, factor: float) -> LatencyModel:
+        """A copy whose predictions are ``factor`` times this one's (``scale`` keeps the product)."""
         return replace(self, weights=self.weights * factor, scale=self.scale * factor)
 
     def predict(self, plan: Plan) -> float:

@@ -31,12 +31,10 @@ Example::
 
 from __future__ import annotations
 
-import ctypes
 import json
 import math
 import os
 import random
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,7 +47,7 @@ from keras_tuner.oracles import BayesianOptimizationOracle, HyperbandOracle, Ran
 
 from keras_ctr_compress.search.budget import Budget, Feasibility
 from keras_ctr_compress.search.hparams import Encoding
-from keras_ctr_compress.utils import atomic_write_text
+from keras_ctr_compress.utils import atomic_write_text, trim_heap
 
 TUNERS = ("bayesian", "random", "hyperband")
 OBJECTIVE = "score"
@@ -258,11 +256,7 @@ def release_memory() -> None:
     """Frees what a finished trial held: Keras' global state, Python garbage, and
     the C heap's free pages (glibc keeps them mapped otherwise, and RSS only grows)."""
     keras.backend.clear_session()  # includes gc.collect()
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
+    trim_heap(collect=False)
 
 
 def rss_mb() -> float:
