@@ -48,6 +48,32 @@ def peak_rss_mb() -> float:
     return kb / 1024.0 if sys.platform != "darwin" else kb / 2**20
 
 
+def _status_kb(key: str) -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return float(line.split()[1])
+    raise OSError(f"/proc/self/status has no {key}")
+
+
+def rss_mb() -> float:
+    """Resident set size of this process now, in MiB."""
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def peak_mb() -> float:
+    """Peak RSS since the last :func:`reset_peak` (or the start), in MiB (Linux)."""
+    return _status_kb("VmHWM") / 1024.0
+
+
+def reset_peak() -> None:
+    """Resets the kernel's peak-RSS counter of this process (``clear_refs`` 5, Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+
+
 def trim_heap(collect: bool = True) -> None:
     """Collects Python garbage (unless the caller just did) and hands the C heap's free
     pages back to the OS (glibc keeps them mapped otherwise: RSS only grows, and later

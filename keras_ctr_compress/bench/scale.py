@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_ctr_compress.utils import peak_mb, reset_peak, rss_mb
+
 SCHEMA = "kcc-scale/1"
 METHODS = ("fp32", "drq", "alpt-4", "searched")
 TOTALS = (10_000, 100_000, 1_000_000, 10_000_000)
@@ -47,30 +49,6 @@ SAMPLE_ROWS = 8192
 
 
 # --------------------------------------------------------------------- memory facts
-
-
-def _status_kb(key: str) -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(key + ":"):
-                return float(line.split()[1])
-    raise OSError(f"/proc/self/status has no {key}")
-
-
-def rss_mb() -> float:
-    """Resident set size of this process now, in MiB (Linux)."""
-    return _status_kb("VmRSS") / 1024.0
-
-
-def peak_mb() -> float:
-    """Peak RSS since the last :func:`reset_peak` (or the start), in MiB (Linux)."""
-    return _status_kb("VmHWM") / 1024.0
-
-
-def reset_peak() -> None:
-    """Resets the kernel's peak-RSS counter of this process (``clear_refs`` 5, Linux >= 4.0)."""
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")
 
 
 # --------------------------------------------------------------------- the models

@@ -47,7 +47,7 @@ from keras_tuner.oracles import BayesianOptimizationOracle, HyperbandOracle, Ran
 
 from keras_ctr_compress.search.budget import Budget, Feasibility
 from keras_ctr_compress.search.hparams import Encoding
-from keras_ctr_compress.utils import atomic_write_text, trim_heap
+from keras_ctr_compress.utils import atomic_write_text, rss_mb, trim_heap
 
 TUNERS = ("bayesian", "random", "hyperband")
 OBJECTIVE = "score"
@@ -257,13 +257,6 @@ def release_memory() -> None:
     the C heap's free pages (glibc keeps them mapped otherwise, and RSS only grows)."""
     keras.backend.clear_session()  # includes gc.collect()
     trim_heap(collect=False)
-
-
-def rss_mb() -> float:
-    """Current resident set size of this process (MiB)."""
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20
 
 
 class TrialRunner:
