@@ -74,6 +74,13 @@ def reset_peak() -> None:
         fh.write("5")
 
 
+def variable_bytes(variables) -> int:
+    """Bytes of ``variables`` as stored: elements x dtype itemsize, summed."""
+    import numpy as np
+
+    return int(sum(int(np.prod(v.shape)) * np.dtype(str(v.dtype)).itemsize for v in variables))
+
+
 def trim_heap(collect: bool = True) -> None:
     """Collects Python garbage (unless the caller just did) and hands the C heap's free
     pages back to the OS (glibc keeps them mapped otherwise: RSS only grows, and later

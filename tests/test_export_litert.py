@@ -340,6 +340,45 @@ def test_sparsity_alone_exports_with_parity(out_dir, emb, x1000):
     assert check_parity(emb[0], path, x1000, atol=1e-4) <= 1e-4
 
 
+@pytest.mark.parametrize("quantization", [None, "drq"])
+def test_low_memory_export_is_the_same_model_with_buffers_after_the_flatbuffer(out_dir, emb, x1000, quantization):
+    from keras_ctr_compress.export import _flatbuffer as fb
+    from keras_ctr_compress.search.cost import file_facts
+
+    model, plain = emb[0], emb[1] if quantization is None else emb[2]
+    path = export_litert(model, out_dir / f"lowmem_{quantization}.tflite", quantization=quantization, low_memory=True)
+    data, flat = fb.read_model(path)
+    tables = [t for t in fb.tensors(flat) if t.nbytes >= 1024]
+    assert tables and all(flat.Buffers(t.buffer).Offset() > 1 for t in tables)  # the offset layout
+    _, plain_flat = fb.read_model(plain)
+    assert not any(plain_flat.Buffers(t.buffer).Offset() > 1 for t in fb.tensors(plain_flat))
+    # same tensors and bytes as the default layout; only the metadata entry is gone
+    assert size_breakdown(path).by_category == size_breakdown(plain).by_category
+    assert abs(path.stat().st_size - plain.stat().st_size) < 1024
+    np.testing.assert_array_equal(LiteRTModel(path).predict(x1000), LiteRTModel(plain).predict(x1000))
+    # constants stored after the flatbuffer are read back as bytes (the cost model's file facts)
+    for t in tables:
+        assert len(fb.buffer_data(data, flat, t.buffer)) == t.nbytes
+    assert file_facts(path)["constants"] == file_facts(plain)["constants"]
+
+
+def test_low_memory_is_automatic_for_large_models_and_refused_with_sparsity(tmp_path, emb, monkeypatch):
+    seen = []
+    real = litert_module._converter_kwargs
+    monkeypatch.setattr(litert_module, "_converter_kwargs", lambda q, s, lm: seen.append(lm) or real(q, s, lm))
+    monkeypatch.setattr(litert_module, "LOW_MEMORY_BYTES", 1)
+    export_litert(emb[0], tmp_path / "auto.tflite")
+    export_litert(emb[0], tmp_path / "sparse.tflite", sparsity=True)  # auto: off with sparsity
+    monkeypatch.setattr(litert_module, "LOW_MEMORY_BYTES", 2**40)
+    export_litert(emb[0], tmp_path / "small.tflite")
+    assert seen == [True, False, False]
+    with pytest.raises(ExportError, match="low_memory=True"):
+        export_litert(emb[0], tmp_path / "bad.tflite", sparsity=True, low_memory=True)
+    with pytest.raises(ExportError, match="low_memory must be"):
+        export_litert(emb[0], tmp_path / "bad.tflite", low_memory="yes")
+    assert not (tmp_path / "bad.tflite").exists()
+
+
 def test_list_ops_refuses_non_tflite(tmp_path):
     bad = tmp_path / "bad.tflite"
     bad.write_bytes(b"not a flatbuffer at all")

@@ -105,7 +105,8 @@ def test_qat_trains_shadow_table_and_step():
 # ---------------------------------------------------------------------------- LPT
 
 
-def test_lpt_one_step_matches_numpy_reference():
+@pytest.mark.parametrize("lr_scale", [1.0, 0.1])
+def test_lpt_one_step_matches_numpy_reference(lr_scale):
     vocab, dim, bits, lr, step_lr = 6, 4, 4, 0.5, 0.01
     layer = QuantizedEmbedding(
         vocab, dim, bits=bits, mode="lpt", optimizer="sgd", learning_rate=lr, learn_step=True,
@@ -114,6 +115,8 @@ def test_lpt_one_step_matches_numpy_reference():
     )
     model = _lookup_model(layer)
     model.compile(keras.optimizers.SGD(0.0), "mse")
+    layer.set_learning_rate_scale(lr_scale)  # a decayed run: both learning rates scaled
+    lr, step_lr = lr * lr_scale, step_lr * lr_scale
     c0, d0 = layer.codes.numpy().astype("float32"), layer.step.numpy().copy()
     ids = np.array([0, 2, 2, 5, 3], "int32")
     target = np.random.default_rng(0).normal(size=(5, dim)).astype("float32")
@@ -136,6 +139,33 @@ def test_lpt_one_step_matches_numpy_reference():
     np.testing.assert_allclose(layer.step.numpy(), d1, rtol=1e-5)
     np.testing.assert_array_equal(layer.codes.numpy(), c1)
     assert int(layer.iterations.numpy()) == 1
+
+
+def test_decay_on_plateau_decays_the_lpt_table_learning_rate_with_the_optimizer():
+    from keras_ctr_compress.models.training import DecayOnPlateau
+
+    layer = QuantizedEmbedding(40, 4, mode="lpt", embeddings_initializer="random_normal", name="emb")
+    qat = QuantizedEmbedding(40, 4, mode="qat", name="qat_emb")
+    ids = keras.Input((2,), dtype="int32")
+    flat = keras.layers.Flatten()
+    h = keras.layers.Concatenate()([flat(layer(ids)), flat(qat(ids))])
+    model = keras.Model(ids, keras.layers.Dense(1, activation="sigmoid")(h))
+    model.compile(keras.optimizers.Adam(1e-2), "binary_crossentropy")
+    early = DecayOnPlateau(patience=1, decays=2, factor=0.1)
+    early.set_model(model)
+    early.on_train_begin()
+    scales = []
+    for epoch, auc in enumerate([0.7, 0.6, 0.6, 0.6]):  # best at epoch 0, then plateaus
+        early.on_epoch_end(epoch, {"val_auc": auc})
+        scales.append(float(layer.learning_rate_scale.numpy()))
+    # each decay restores epoch 0's weights (scale 1 then) and sets scale factor**n
+    np.testing.assert_allclose(scales, [1.0, 0.1, 0.01, 0.01])
+    np.testing.assert_allclose(float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)), 1e-4, rtol=1e-6)
+    assert model.stop_training
+    layer.reset_optimizer_state()
+    assert float(layer.learning_rate_scale.numpy()) == 1.0
+    with pytest.raises(ValueError, match="scale"):
+        layer.set_learning_rate_scale(0.0)
 
 
 def test_lpt_rowwise_adagrad_has_one_accumulator_per_row():

@@ -30,7 +30,14 @@ SCHEMA = "kcc-memory/1"
 
 def _child(config: str, rows: int, dim: int, steps: int, batch: int, fields: int) -> dict:
     """Runs one configuration in this process; returns its measurements."""
-    from keras_ctr_compress.utils import peak_mb, quiet_tensorflow, reset_peak, rss_mb, trim_heap
+    from keras_ctr_compress.utils import (
+        peak_mb,
+        quiet_tensorflow,
+        reset_peak,
+        rss_mb,
+        trim_heap,
+        variable_bytes,
+    )
 
     quiet_tensorflow()
     import keras
@@ -72,7 +79,7 @@ def _child(config: str, rows: int, dim: int, steps: int, batch: int, fields: int
         "table_share_mb": peak_mb() - base,
         "table_variables": variables,
         "table_dtype": str(main[0].dtype) if main else None,
-        "table_variable_bytes": int(sum(np.prod(v.shape) * np.dtype(str(v.dtype)).itemsize for v in table_vars)),
+        "table_variable_bytes": variable_bytes(table_vars),
         "optimizer_slot_bytes": _slot_bytes(model, rows),
         "train_seconds": train_seconds,
     }
@@ -80,10 +87,9 @@ def _child(config: str, rows: int, dim: int, steps: int, batch: int, fields: int
 
 def _slot_bytes(model, rows: int) -> int:
     """Bytes of Keras optimizer variables shaped like the table (Adam's moments)."""
-    import numpy as np
+    from keras_ctr_compress.utils import variable_bytes
 
-    return int(sum(np.prod(v.shape) * np.dtype(str(v.dtype)).itemsize
-                   for v in model.optimizer.variables if tuple(v.shape)[:1] == (rows,)))
+    return variable_bytes(v for v in model.optimizer.variables if tuple(v.shape)[:1] == (rows,))
 
 
 def run_memory_benchmark(

@@ -10,7 +10,8 @@ step per table (the authors' later code; fp16 steps per row would add 2 bytes a 
 more than int4 codes of a dim-10 row save), then the fp32 row's training recipe
 (epochs, early stopping on exact validation AUC, learning-rate decay): ``qat`` trains a
 float shadow table with the model's Adam, ``lpt-*`` / ``alpt`` store int8 codes and
-update looked-up rows with row-wise Adagrad (learning rate 1e-2). Low-precision
+update looked-up rows with row-wise Adagrad (learning rate 0.05, decayed with the
+model's Adam by ``DecayOnPlateau``). Low-precision
 training is what these methods are for: their training memory is the point (the
 ``kcc memory`` record), so a fine-tune of a float-trained model would not test them.
 (Measured, frappe seed 0, fine-tuning the trained fp32 model instead: the

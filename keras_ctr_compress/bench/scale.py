@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_ctr_compress.utils import peak_mb, reset_peak, rss_mb
+from keras_ctr_compress.utils import peak_mb, reset_peak, rss_mb, variable_bytes
 
 SCHEMA = "kcc-scale/1"
 METHODS = ("fp32", "drq", "alpt-4", "searched")
@@ -108,10 +108,6 @@ def _candidate(method: str, fields, plan_path: str | None):
     raise ValueError(f"unknown scale-sweep method {method!r}; choose from {', '.join(METHODS)}")
 
 
-def _weight_bytes(model) -> int:
-    return int(sum(np.prod(w.shape) * np.dtype(str(w.dtype)).itemsize for w in model.weights))
-
-
 # --------------------------------------------------------------------- the children
 
 
@@ -132,7 +128,7 @@ def _child_export(method: str, total: int, out: str, plan_path: str | None) -> d
     peak = peak_mb()
     return {"method": method, "total_rows": total, "tflite_bytes": Path(out).stat().st_size,
             "export_seconds": seconds, "rss_before_export_mb": before, "export_peak_rss_mb": peak,
-            "export_extra_mb": peak - before, "model_weight_bytes": _weight_bytes(model),
+            "export_extra_mb": peak - before, "model_weight_bytes": variable_bytes(model.weights),
             "input_columns": columns}
 
 

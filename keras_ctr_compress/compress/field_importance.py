@@ -52,6 +52,7 @@ from keras_ctr_compress.compress.swap import ensure_functional
 from keras_ctr_compress.data.schema import CTRDataset, Split
 from keras_ctr_compress.layers.field_pair_interaction import FieldPairInteraction
 from keras_ctr_compress.layers.split_fields import SplitFields
+from keras_ctr_compress.utils import variable_bytes
 
 METHODS = ("taylor", "permutation", "norm", "random")
 SPLITS = ("train", "valid", "test")
@@ -118,7 +119,7 @@ def has_pair_layer(model: keras.Model) -> bool:
 
 def model_bytes(model: keras.Model) -> int:
     """Bytes of the model's weights stored as float32 (4 per weight; integer weights by dtype)."""
-    return sum(int(np.prod(w.shape)) * np.dtype(str(w.dtype)).itemsize for w in model.weights)
+    return variable_bytes(model.weights)
 
 
 # --------------------------------------------------------------------------- data helpers

@@ -108,6 +108,17 @@ def buffer_nbytes(model: schema.Model, index: int) -> int:
     return int(buf.DataLength())
 
 
+def buffer_data(data: bytes, model: schema.Model, index: int) -> bytes:
+    """The constant bytes of buffer ``index`` of the file ``data``, whether inside the
+    flatbuffer or after it (buffer-offset layout: ``offset`` / ``size``)."""
+    if index <= 0 or index >= model.BuffersLength():
+        return b""
+    buf = model.Buffers(index)
+    if buf.Offset() > 1:
+        return bytes(data[buf.Offset():buf.Offset() + buf.Size()])
+    return buf.DataAsNumpy().tobytes() if buf.DataLength() else b""
+
+
 def tensors(model: schema.Model) -> list[FlatTensor]:
     """Every tensor of every subgraph, with its constant-buffer size."""
     out = []

@@ -189,7 +189,7 @@ class DecayOnPlateau(keras.callbacks.Callback):
         self.wait += 1
         if self.wait < self.patience:
             return
-        self.model.set_weights(self.best_weights)
+        self._restore_best()
         self.wait = 0
         if self.decayed >= self.decays:
             self.model.stop_training = True
@@ -198,10 +198,24 @@ class DecayOnPlateau(keras.callbacks.Callback):
         self.decayed += 1
         lr = self.model.optimizer.learning_rate
         lr.assign(float(keras.ops.convert_to_numpy(lr)) * self.factor)
+        self._sync_layer_learning_rates()
+
+    def _restore_best(self) -> None:
+        self.model.set_weights(self.best_weights)
+        self._sync_layer_learning_rates()
+
+    def _sync_layer_learning_rates(self) -> None:
+        """Layers that train their weights with their own optimizer (QuantizedEmbedding
+        in ``lpt`` mode) decay with the model's: scale ``factor ** decays so far``.
+        Absolute, not relative, and set again after every restore: the best weights
+        hold their (saved) scale of that epoch."""
+        for layer in self.model._flatten_layers(include_self=False, recursive=True):
+            if callable(getattr(layer, "set_learning_rate_scale", None)):
+                layer.set_learning_rate_scale(self.factor**self.decayed)
 
     def on_train_end(self, logs=None):
         if self.best_weights is not None:
-            self.model.set_weights(self.best_weights)
+            self._restore_best()
 
 
 @dataclass
@@ -304,7 +318,8 @@ def train_model(
         for k, vs in hist.history.items():
             history.setdefault(k, []).extend(float(v) for v in vs)
     elif early.best_weights is not None:  # the checkpoint was the last epoch: only finish
-        model.set_weights(early.best_weights)
+        early.set_model(model)
+        early.on_train_end()
     seconds = prior["train_seconds"] + time.perf_counter() - t0
     val_aucs = history.get("val_auc", [math.nan])
     best = int(np.nanargmax(val_aucs))

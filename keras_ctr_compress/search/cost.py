@@ -388,7 +388,7 @@ def file_facts(path: str | Path) -> dict:
     constants: dict[str, list[str]] = {}
     for t in tensors:
         if 0 < t.nbytes <= SMALL_CONSTANT_BYTES and not _WEIGHT_NAME.search(t.name):
-            raw = flat.Buffers(t.buffer).DataAsNumpy().tobytes()
+            raw = fb.buffer_data(data, flat, t.buffer)
             key = f"{t.dtype}|{'x'.join(map(str, t.shape))}|{raw.hex()}"
             constants.setdefault(key, []).append(t.name)
     codes = fb.opcodes(flat)
