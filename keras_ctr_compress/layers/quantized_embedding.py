@@ -302,7 +302,7 @@ class QuantizedEmbedding(keras.layers.Layer):
             self.step_v = self._state_weight("step_v", self._step_shape)
         self.iterations = self._state_weight("iterations", (), "int64")
         # Multiplies both learning rates; DecayOnPlateau (and users) decay it through
-        # scale_learning_rate, in step with the model optimizer's learning rate.
+        # set_learning_rate_scale, in step with the model optimizer's learning rate.
         self.learning_rate_scale = self._state_weight("learning_rate_scale", (), initializer="ones")
         self.lpt_anchor = self.add_weight(name="lpt_anchor", shape=(), initializer="zeros")
         self._init_lpt_codes()
