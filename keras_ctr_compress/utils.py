@@ -81,20 +81,45 @@ def variable_bytes(variables) -> int:
     return int(sum(int(np.prod(v.shape)) * np.dtype(str(v.dtype)).itemsize for v in variables))
 
 
+def _glibc_call(name: str, *args: int) -> None:
+    """Calls glibc's allocator function ``name`` through ctypes; nothing elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        getattr(ctypes.CDLL("libc.so.6"), name)(*args)
+    except (OSError, AttributeError):
+        pass
+
+
 def trim_heap(collect: bool = True) -> None:
     """Collects Python garbage (unless the caller just did) and hands the C heap's free
     pages back to the OS (glibc keeps them mapped otherwise: RSS only grows, and later
     allocations reuse them unseen by an RSS reading)."""
-    import ctypes
     import gc
 
     if collect:
         gc.collect()
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
+    _glibc_call("malloc_trim", 0)
+
+
+#: mallopt's parameter number of the mmap threshold (glibc malloc.h).
+_M_MMAP_THRESHOLD = -3
+
+
+def return_freed_memory(threshold: int = 2**20) -> None:
+    """Makes glibc hand freed blocks of at least ``threshold`` bytes back to the OS at
+    once, for the rest of the process.
+
+    By default glibc raises its mmap threshold to the size of the largest block freed
+    so far (up to 32 MiB), so once a table-sized block is freed the next ones come
+    from the heap, whose freed pages stay resident: a process making successive
+    copies of large weights (the LiteRT converter: SavedModel reload, MLIR constants,
+    flatbuffer, Python bytes) then adds them up instead of replacing one by the next.
+    No effect outside glibc.
+    """
+    _glibc_call("mallopt", _M_MMAP_THRESHOLD, threshold)
 
 
 def quiet_tensorflow() -> None:

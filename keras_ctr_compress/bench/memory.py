@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from keras_ctr_compress.utils import variable_bytes
+
 #: configuration -> (layer kind, table optimizer); the MLP always trains with Adam.
 CONFIGS: dict[str, tuple[str, str | None]] = {
     "fp32-adam": ("fp32", None),
@@ -30,14 +32,7 @@ SCHEMA = "kcc-memory/1"
 
 def _child(config: str, rows: int, dim: int, steps: int, batch: int, fields: int) -> dict:
     """Runs one configuration in this process; returns its measurements."""
-    from keras_ctr_compress.utils import (
-        peak_mb,
-        quiet_tensorflow,
-        reset_peak,
-        rss_mb,
-        trim_heap,
-        variable_bytes,
-    )
+    from keras_ctr_compress.utils import peak_mb, quiet_tensorflow, reset_peak, rss_mb, trim_heap
 
     quiet_tensorflow()
     import keras
@@ -87,8 +82,6 @@ def _child(config: str, rows: int, dim: int, steps: int, batch: int, fields: int
 
 def _slot_bytes(model, rows: int) -> int:
     """Bytes of Keras optimizer variables shaped like the table (Adam's moments)."""
-    from keras_ctr_compress.utils import variable_bytes
-
     return variable_bytes(v for v in model.optimizer.variables if tuple(v.shape)[:1] == (rows,))
 
 
