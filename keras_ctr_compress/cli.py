@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smoke run on a 20k-row slice")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--workdir", default=None, help="keep candidate files here")
+    p.add_argument("--reference-dir", default=None,
+                   help="reuse the fp32 references saved here by an earlier run with the same dataset, "
+                   "model, seed and epochs (trained and saved there when missing)")
     p.add_argument("--list", action="store_true", help="list the registered methods and exit")
     p.add_argument("--merge", nargs="+", metavar="RECORD", default=None,
                    help="no training: merge the records of separate runs (e.g. one seed each) into --json")
@@ -437,7 +440,7 @@ def cmd_bench(a) -> int:
     rec = run_benchmark(a.dataset, model=a.model, methods=methods, seeds=a.seeds, json_out=a.json,
                         quick=a.quick, workdir=a.workdir,
                         train_config=TrainConfig(epochs=a.epochs, verbose=0), log=_progress,
-                        method_options=options)
+                        method_options=options, reference_dir=a.reference_dir)
     print(render_table(rec))
     print(f"record written to {a.json}")
     return 0

@@ -66,3 +66,23 @@ def test_run_benchmark_quantised_embeddings(tmp_path):
     assert rows["alpt-4"]["extra"]["quantized_tables_file_bytes"]["embedding_tables"] < fp32_emb / 8
     assert rows["rowwise"]["size_by_category"]["embedding_remap"] > 0
     assert sum(rows["rowwise"]["extra"]["rows_per_tier"]["emb_c0"]) > 0
+
+
+def test_reference_dir_reuses_the_trained_reference_only_for_the_same_settings(tmp_path):
+    logs: list[str] = []
+    common = dict(model="deepfm", methods=["drq"], seeds=[0], quick=True,
+                  model_kwargs={"mlp": (8,), "embedding_dim": 4}, latency_seconds=0.02,
+                  reference_dir=tmp_path / "refs", log=logs.append)
+    first = run_benchmark(TINY, train_config=TrainConfig(epochs=1, verbose=0), **common)
+    assert (tmp_path / "refs").is_dir() and not any("loaded" in s for s in logs)
+    logs.clear()
+    second = run_benchmark(TINY, train_config=TrainConfig(epochs=1, verbose=0), **common)
+    assert any("fp32 reference loaded" in s for s in logs)
+    for a, b in zip(first["results"], second["results"], strict=True):
+        assert a["method"] == b["method"] and a["test_auc"] == b["test_auc"]
+        assert a["tflite_bytes"] == b["tflite_bytes"]
+    assert second["results"][0]["train_seconds"] == first["results"][0]["train_seconds"]
+    logs.clear()
+    run_benchmark(TINY, train_config=TrainConfig(epochs=2, verbose=0), **common)  # another recipe
+    assert any("trained with other settings" in s for s in logs)
+    assert not any("fp32 reference loaded" in s for s in logs)

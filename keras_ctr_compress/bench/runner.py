@@ -8,6 +8,7 @@ interleaved in one process, so latency ratios hold on a noisy machine.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import tempfile
@@ -60,6 +61,39 @@ def train_reference(
     return model, summary
 
 
+def _reference_key(ds: CTRDataset, model_name: str, seed: int, train_config: TrainConfig,
+                   model_kwargs: dict) -> dict:
+    """What a cached reference must match to stand in for a freshly trained one."""
+    return {"dataset": ds.name, "split": ds.split_sizes(), "model": model_name, "seed": seed,
+            "train_config": {**train_config.to_dict(), "seed": seed}, "model_kwargs": model_kwargs}
+
+
+def cached_reference(
+    reference_dir: str | Path, ds: CTRDataset, model_name: str, seed: int, train_config: TrainConfig,
+    model_kwargs: dict, log: Callable[[str], None],
+) -> tuple[keras.Model, dict]:
+    """The fp32 reference from ``reference_dir`` when a run with the same dataset, split,
+    model, seed and training recipe saved it there; otherwise trains and saves it.
+
+    Training is deterministic per seed on CPU, so separate ``kcc bench`` runs (one per
+    method family, for example) share one reference instead of each retraining it. The
+    folder is written by ``save_trained`` (meta last), so a killed run leaves no entry.
+    """
+    from keras_ctr_compress.artifacts import load_trained, save_trained
+
+    key = _reference_key(ds, model_name, seed, train_config, model_kwargs)
+    folder = Path(reference_dir) / f"{ds.name}_{model_name}_seed{seed}"
+    if (folder / "meta.json").exists():
+        saved = load_trained(folder)
+        if saved.meta.get("key") == json.loads(json.dumps(key)):
+            log(f"[bench] seed {seed}: fp32 reference loaded from {folder}")
+            return saved.model, saved.meta["summary"]
+        log(f"[bench] seed {seed}: {folder} was trained with other settings; retraining it")
+    model, summary = train_reference(ds, model_name, seed, train_config, model_kwargs)
+    save_trained(folder, model, None, {"key": key, "summary": summary})
+    return model, summary
+
+
 def run_benchmark(
     dataset: str | CTRDataset,
     *,
@@ -75,6 +109,7 @@ def run_benchmark(
     log: Callable[[str], None] | None = None,
     on_reference: Callable[[int, keras.Model, dict], None] | None = None,
     method_options: dict | None = None,
+    reference_dir: str | Path | None = None,
 ) -> dict:
     """Runs the benchmark and returns (and optionally writes) the record.
 
@@ -91,6 +126,9 @@ def run_benchmark(
             reference is trained (e.g. to save it).
         method_options: options for methods that take some (e.g. ``searched``:
             ``{"budget_ratio": 16, "trials": 20}``), passed as ``ctx.extra["method_options"]``.
+        reference_dir: a folder of trained fp32 references (``cached_reference``): each
+            seed's reference is loaded from it when an earlier run with the same settings
+            saved it, and saved there after training otherwise.
     """
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     methods = ["fp32", *[m for m in methods if m != "fp32"]]
@@ -111,8 +149,12 @@ def run_benchmark(
     t_start = time.perf_counter()
     try:
         for seed in seeds:
-            log(f"[bench] {ds.name} / {model} / seed {seed}: training the fp32 reference")
-            fp32, summary = train_reference(ds, model, seed, train_config, model_kwargs)
+            if reference_dir is None:
+                log(f"[bench] {ds.name} / {model} / seed {seed}: training the fp32 reference")
+                fp32, summary = train_reference(ds, model, seed, train_config, model_kwargs)
+            else:
+                fp32, summary = cached_reference(reference_dir, ds, model, seed, train_config,
+                                                 model_kwargs, log)
             if on_reference is not None:
                 on_reference(seed, fp32, summary)
             fp32_path = workdir / f"seed{seed}" / "fp32.tflite"
