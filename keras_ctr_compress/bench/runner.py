@@ -75,7 +75,7 @@ def cached_reference(
     """The fp32 reference from ``reference_dir`` when a run with the same dataset, split,
     model, seed and training recipe saved it there; otherwise trains and saves it.
 
-    Training is deterministic per seed on CPU, so separate ``kcc bench`` runs (one per
+    Training is deterministic per seed on one CPU machine, so separate ``kcc bench`` runs (one per
     method family, for example) share one reference instead of each retraining it. The
     folder is written by ``save_trained`` (meta last), so a killed run leaves no entry.
     """
