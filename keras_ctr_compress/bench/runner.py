@@ -68,29 +68,36 @@ def _reference_key(ds: CTRDataset, model_name: str, seed: int, train_config: Tra
             "train_config": {**train_config.to_dict(), "seed": seed}, "model_kwargs": model_kwargs}
 
 
-def cached_reference(
-    reference_dir: str | Path, ds: CTRDataset, model_name: str, seed: int, train_config: TrainConfig,
-    model_kwargs: dict, log: Callable[[str], None],
+def fp32_reference(
+    ds: CTRDataset, model_name: str, seed: int, train_config: TrainConfig, model_kwargs: dict,
+    log: Callable[[str], None], reference_dir: str | Path | None = None,
 ) -> tuple[keras.Model, dict]:
-    """The fp32 reference from ``reference_dir`` when a run with the same dataset, split,
-    model, seed and training recipe saved it there; otherwise trains and saves it.
+    """The seed's trained fp32 reference and its training summary.
 
-    Training is deterministic per seed on one CPU machine, so separate ``kcc bench`` runs (one per
-    method family, for example) share one reference instead of each retraining it. The
-    folder is written by ``save_trained`` (meta last), so a killed run leaves no entry.
+    With ``reference_dir``, a reference that an earlier run with the same dataset, split,
+    model, seed and training recipe saved there is loaded instead of retrained, and a
+    newly trained one is saved there. Training is deterministic per seed on one CPU
+    machine, so separate ``kcc bench`` runs (one per method family, for example) share
+    one reference. The folder is written by ``save_trained`` (meta last), so a killed
+    run leaves no entry.
     """
     from keras_ctr_compress.artifacts import load_trained, save_trained
 
-    key = _reference_key(ds, model_name, seed, train_config, model_kwargs)
-    folder = Path(reference_dir) / f"{ds.name}_{model_name}_seed{seed}"
-    if (folder / "meta.json").exists():
-        saved = load_trained(folder)
-        if saved.meta.get("key") == json.loads(json.dumps(key)):
-            log(f"[bench] seed {seed}: fp32 reference loaded from {folder}")
-            return saved.model, saved.meta["summary"]
-        log(f"[bench] seed {seed}: {folder} was trained with other settings; retraining it")
+    folder = key = None
+    if reference_dir is not None:
+        key = _reference_key(ds, model_name, seed, train_config, model_kwargs)
+        folder = Path(reference_dir) / f"{ds.name}_{model_name}_seed{seed}"
+        if (folder / "meta.json").exists():
+            saved = load_trained(folder)
+            # Through JSON so that tuples in the key compare equal to the saved lists.
+            if saved.meta.get("key") == json.loads(json.dumps(key)):
+                log(f"[bench] seed {seed}: fp32 reference loaded from {folder}")
+                return saved.model, saved.meta["summary"]
+            log(f"[bench] seed {seed}: {folder} was trained with other settings; retraining it")
+    log(f"[bench] {ds.name} / {model_name} / seed {seed}: training the fp32 reference")
     model, summary = train_reference(ds, model_name, seed, train_config, model_kwargs)
-    save_trained(folder, model, None, {"key": key, "summary": summary})
+    if folder is not None:
+        save_trained(folder, model, None, {"key": key, "summary": summary})
     return model, summary
 
 
@@ -126,7 +133,7 @@ def run_benchmark(
             reference is trained (e.g. to save it).
         method_options: options for methods that take some (e.g. ``searched``:
             ``{"budget_ratio": 16, "trials": 20}``), passed as ``ctx.extra["method_options"]``.
-        reference_dir: a folder of trained fp32 references (``cached_reference``): each
+        reference_dir: a folder of trained fp32 references (``fp32_reference``): each
             seed's reference is loaded from it when an earlier run with the same settings
             saved it, and saved there after training otherwise.
     """
@@ -149,12 +156,8 @@ def run_benchmark(
     t_start = time.perf_counter()
     try:
         for seed in seeds:
-            if reference_dir is None:
-                log(f"[bench] {ds.name} / {model} / seed {seed}: training the fp32 reference")
-                fp32, summary = train_reference(ds, model, seed, train_config, model_kwargs)
-            else:
-                fp32, summary = cached_reference(reference_dir, ds, model, seed, train_config,
-                                                 model_kwargs, log)
+            fp32, summary = fp32_reference(ds, model, seed, train_config, model_kwargs, log,
+                                           reference_dir)
             if on_reference is not None:
                 on_reference(seed, fp32, summary)
             fp32_path = workdir / f"seed{seed}" / "fp32.tflite"
