@@ -141,6 +141,71 @@ def test_lpt_one_step_matches_numpy_reference(lr_scale):
     assert int(layer.iterations.numpy()) == 1
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad"])
+def test_lpt_skipped_rows_get_the_l2_decay_lazily_numpy_reference(optimizer):
+    """A row a step skips is decayed by (1 - 2 l2 eta) per skipped step, read decayed by
+    forward passes, and materialised (then updated) at its next lookup."""
+    vocab, dim, bits, lr, l2 = 5, 3, 8, 0.1, 0.05
+    layer = QuantizedEmbedding(
+        vocab, dim, bits=bits, mode="lpt", optimizer=optimizer, learning_rate=lr, learn_step=False, granularity="table",
+        rounding="deterministic", embeddings_regularizer=keras.regularizers.L2(l2),
+        embeddings_initializer=keras.initializers.RandomNormal(stddev=0.5, seed=3), name="emb",
+    )
+    model = _lookup_model(layer)
+    model.compile(keras.optimizers.SGD(0.0), "mse")
+    assert layer.training_byte_cost()["decay_counter"] == 4 * vocab
+    qn, qp = q.qrange(bits)
+    d = float(layer.step.numpy())
+    codes = layer.codes.numpy().astype("float64")
+    acc = np.zeros(vocab)
+    last = np.zeros(vocab, "int64")
+    rng = np.random.default_rng(1)
+
+    def eta(rows):
+        return lr / (np.sqrt(acc[rows]) + 1e-8) if optimizer == "adagrad" else np.full(len(rows), lr)
+
+    def pending(rows, t):
+        return np.clip(1 - 2 * l2 * eta(rows), 0, 1) ** (t - last[rows])
+
+    for t, ids in enumerate([np.array([0, 1, 3]), np.array([0, 0]), np.array([0]), np.array([1, 4, 3])]):
+        # Forward passes read the decayed rows (row 1 is owed steps 2 and 3 at t = 3).
+        w_all = codes * d * pending(np.arange(vocab), t)[:, None]
+        np.testing.assert_allclose(layer.dequantized_weights(), w_all, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(np.arange(vocab))), w_all, rtol=1e-5, atol=1e-7)
+        target = rng.normal(size=(ids.size, dim))
+        model.fit(ids.astype("int32"), target.astype("float32"), batch_size=ids.size, epochs=1, shuffle=False,
+                  verbose=0)
+        upstream = 2 * (w_all[ids] - target) / (ids.size * dim)
+        uniq = np.unique(ids)
+        w = w_all[uniq]
+        grads = np.stack([upstream[ids == u].sum(0) for u in uniq]) + 2 * l2 * w
+        if optimizer == "adagrad":
+            acc[uniq] += np.mean(grads**2, axis=1)
+        w_new = w - eta(uniq)[:, None] * grads
+        codes[uniq] = np.clip(np.floor(w_new / d + 0.5), qn, qp)
+        last[uniq] = t + 1
+        np.testing.assert_array_equal(layer.codes.numpy(), codes)
+        np.testing.assert_array_equal(layer.last_update.numpy(), last)
+    assert np.any(pending(np.arange(vocab), 4) < 1)  # rows 0 and 2 are owed decay at the end
+    # finalize() ships the decayed table (rounded to the step grid).
+    np.testing.assert_allclose(layer.finalize().dequantized_weights(), layer.dequantized_weights(), atol=d / 2 + 1e-7)
+
+
+def test_lpt_skipped_row_decay_off_or_without_l2_keeps_rows_as_stored():
+    ids = np.array([0, 1], "int32")
+    for kwargs in ({"embeddings_regularizer": keras.regularizers.L2(0.1), "skipped_row_decay": False},
+                   {"embeddings_regularizer": keras.regularizers.L1(0.1)}, {}):
+        layer = QuantizedEmbedding(4, 2, mode="lpt", optimizer="sgd", learning_rate=0.5,
+                                   embeddings_initializer="random_normal", name="emb", **kwargs)
+        model = _lookup_model(layer)
+        model.compile(keras.optimizers.SGD(0.0), "mse")
+        model.fit(ids, np.zeros((2, 2), "float32"), batch_size=2, epochs=3, verbose=0)
+        assert not hasattr(layer, "last_update")
+        assert layer.training_byte_cost()["decay_counter"] == 0
+        stored = layer.codes.numpy().astype("float32") * layer.step.numpy()[:, None]
+        np.testing.assert_allclose(layer.dequantized_weights(), stored)
+
+
 def test_decay_on_plateau_decays_the_lpt_table_learning_rate_with_the_optimizer():
     from keras_ctr_compress.models.training import DecayOnPlateau
 
@@ -367,7 +432,8 @@ def _all_states_model():
     layers = [
         QuantizedEmbedding(30, 4, bits=4, mode="qat", name="emb_qat"),
         QuantizedEmbedding(30, 5, bits=2, mode="lpt", granularity="table", name="emb_lpt_t"),
-        QuantizedEmbedding(30, 3, bits=8, mode="lpt", optimizer="sgd", name="emb_lpt_r"),
+        QuantizedEmbedding(30, 3, bits=8, mode="lpt", optimizer="sgd", embeddings_regularizer=keras.regularizers.L2(1e-2),
+                           name="emb_lpt_r"),
         RowwiseQuantEmbedding(30, 4, tiers=("fp16", "int4", "int2", "pruned"), fractions=(0.2, 0.3, 0.3, 0.2),
                               name="emb_rw"),
     ]
@@ -399,6 +465,7 @@ def test_keras_round_trip_all_states(tmp_path):
     _assert_same(model, loaded, x)
     lpt = loaded.get_layer("emb_lpt_r")
     assert lpt.codes.dtype == "int8" and int(lpt.iterations.numpy()) == 6
+    assert lpt.last_update.dtype == "int32" and int(lpt.last_update.numpy().max()) == 6
     final = finalize_quantized(model)
     assert all(layer.mode == "inference" for layer in final.layers if layer.name.startswith("emb_"))
     final.save(tmp_path / "final.keras")
@@ -413,7 +480,8 @@ def test_get_config_round_trip():
     for layer in (
         QuantizedEmbedding(7, 3, bits=3, granularity="table", rounding="deterministic", learn_step=False,
                            mode="lpt", optimizer="sgd", learning_rate=0.2, step_learning_rate=1e-4,
-                           step_optimizer="sgd", step_init="mse", seed=4, embeddings_regularizer="l2"),
+                           step_optimizer="sgd", step_init="mse", seed=4, embeddings_regularizer="l2",
+                           skipped_row_decay=False),
         RowwiseQuantEmbedding(7, 3, tiers=("int8", "pruned"), byte_budget=100, gamma=0.9, a_pos=2.0, a_neg=0.1,
                               oov_index=2),
         RowwiseQuantEmbedding(7, 3, tiers=("int8", "int2"), mode="inference", tier_sizes=(3, 4)),
