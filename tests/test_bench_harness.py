@@ -198,12 +198,42 @@ def test_merge_records_keeps_runs_apart(tmp_path):
     assert load_record(out)["results"] == merged["results"]
 
 
+def test_merge_records_splits_one_seed_over_runs():
+    """Seed 0's methods split over two runs (one core each): each run timed its own
+    fp32 file of the one cached reference; the summary counts the seed once and each
+    method's latency ratio uses its own run's fp32 timing."""
+    from keras_ctr_compress.bench import merge_records
+
+    a = _one_seed(0, 1.0)
+    b = _one_seed(0, 3.0)
+    a["results"] = [r for r in a["results"] if r["method"] == "fp32"] + [
+        dict(r, method="alpt-4", latency_us_b1=4.0) for r in a["results"] if r["method"] == "drq"]
+    b["results"] = [r for r in b["results"] if r["method"] in ("fp32", "drq")]  # drq at 15 us vs fp32 30 us
+    merged = merge_records([a, b, _one_seed(1, 1.0)])
+    validate_record(merged)
+    assert [(r["method"], r["seed"], r["run"]) for r in merged["results"]] == [
+        ("fp32", 0, 0), ("alpt-4", 0, 0), ("drq", 0, 1), ("fp32", 1, 2), ("drq", 1, 2)]
+    assert [(r["method"], r["seed"], r["run"]) for r in merged["reference_repeats"]] == [("fp32", 0, 1)]
+    s = {r["method"]: r for r in summarize(merged)}
+    assert s["fp32"]["seeds"] == 2 and s["fp32"]["auc_mean"] == pytest.approx(0.91)
+    assert s["alpt-4"]["lat_b1_ratio"] == pytest.approx(4 / 10)
+    assert s["drq"]["lat_b1_ratio"] == pytest.approx((15 / 30 + 7 / 12) / 2)
+    # merging the merged record again keeps its repeats (with their runs renumbered)
+    again = merge_records([_one_seed(2, 1.0), merged])
+    assert [(r["seed"], r["run"]) for r in again["reference_repeats"]] == [(0, 2)]
+
+
 def test_merge_records_refuses_what_does_not_compare():
     from keras_ctr_compress.bench import merge_records
 
     a = _one_seed(0, 1.0)
-    with pytest.raises(ValueError, match=r"record 1: fp32 seed 0 is also in record 0"):
+    with pytest.raises(ValueError, match=r"record 1: drq seed 0 is also in record 0"):
         merge_records([a, copy.deepcopy(a)])
+    retrained = copy.deepcopy(a)
+    retrained["results"] = [dict(r, test_auc=0.95) for r in retrained["results"] if r["method"] == "fp32"]
+    with pytest.raises(ValueError, match=r"record 1: fp32 seed 0 scores AUC 0.95 but record 0's 0.9: "
+                                         r"not the same reference"):
+        merge_records([a, retrained])
     other = _one_seed(1, 1.0)
     other["machine"] = {"cpu": "elsewhere"}
     with pytest.raises(ValueError, match="record 1: machine .* differs from record 0's"):

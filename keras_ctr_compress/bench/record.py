@@ -101,6 +101,9 @@ def summarize(rec: dict) -> list[dict]:
     out = []
     for (model, method), rows in groups.items():
         ref = groups.get((model, "fp32"))
+        # A seed split over runs has an fp32 row per run (merge_records): each one
+        # times its own run's files, so all of them enter the latency ratios.
+        timed_ref = (ref or []) + [r for r in rec.get("reference_repeats", []) if r["model"] == model]
         auc_m, auc_s = _mean_std([r["test_auc"] for r in rows])
         s = {
             "model": model, "method": method, "seeds": len(rows),
@@ -113,8 +116,8 @@ def summarize(rec: dict) -> list[dict]:
         }
         if ref:
             s["bytes_ratio"] = s["bytes"] / _mean_std([r["tflite_bytes"] for r in ref])[0]
-            s["lat_b1_ratio"] = _latency_ratio(rows, ref, "latency_us_b1")
-            s["lat_b256_ratio"] = _latency_ratio(rows, ref, "latency_us_b256")
+            s["lat_b1_ratio"] = _latency_ratio(rows, timed_ref, "latency_us_b1")
+            s["lat_b256_ratio"] = _latency_ratio(rows, timed_ref, "latency_us_b256")
         out.append(s)
     order = {m: i for i, m in enumerate(dict.fromkeys(r["method"] for r in rec["results"]))}
     out.sort(key=lambda s: (s["model"], order[s["method"]]))
@@ -140,7 +143,11 @@ def merge_records(records: list[dict], *, where: list[str] | None = None) -> dic
 
     Rows keep their run (``row["run"]``: the index of their record here), so latency
     ratios only ever compare files timed in the same process. The runs must agree on
-    the dataset, split, model and machine, and must not both hold a (method, seed).
+    the dataset, split, model and machine, and must not both hold a (method, seed),
+    except the fp32 reference row: a seed split over several runs (each run times its
+    own fp32 file) shares one trained reference through ``--reference-dir``, so its
+    repeats must score the same AUC; they are kept in ``reference_repeats`` and only
+    serve the latency ratios of their run (summaries count each seed once).
 
     Raises:
         ValueError: naming the record and what differs.
@@ -158,20 +165,34 @@ def merge_records(records: list[dict], *, where: list[str] | None = None) -> dic
         theirs = {k: (first.get("machine") or {}).get(k) for k in mine}
         if mine != theirs:
             raise ValueError(f"{name}: machine {mine} differs from {where[0]}'s {theirs}: latencies would not compare")
-    seen: dict[tuple[str, str, int], str] = {}
-    results, runs = [], []
+    seen: dict[tuple[str, str, int], tuple[str, dict]] = {}
+    results, runs, repeats = [], [], []
     for rec, name in zip(records, where, strict=True):
         offset = len(runs)
         sub_runs = rec.get("runs") or [{"command": rec.get("command"), "seeds": rec["seeds"]}]
         runs += [{**r, "from": name} for r in sub_runs]
+        repeats += [{**r, "run": offset + r.get("run", 0)} for r in rec.get("reference_repeats", [])]
         for row in rec["results"]:
             key = (row["model"], row["method"], row["seed"])
-            if key in seen:
-                raise ValueError(f"{name}: {row['method']} seed {row['seed']} is also in {seen[key]}")
-            seen[key] = name
-            results.append({**row, "run": offset + row.get("run", 0)})
-    return {**first, "seeds": sorted({r["seed"] for r in results}), "runs": runs,
-            "command": "; ".join(str(r.get("command")) for r in runs), "results": results}
+            row = {**row, "run": offset + row.get("run", 0)}
+            if key not in seen:
+                seen[key] = (name, row)
+                results.append(row)
+                continue
+            other, first_row = seen[key]
+            if row["method"] != "fp32":
+                raise ValueError(f"{name}: {row['method']} seed {row['seed']} is also in {other}")
+            if row["test_auc"] != first_row["test_auc"]:
+                raise ValueError(
+                    f"{name}: fp32 seed {row['seed']} scores AUC {row['test_auc']} but {other}'s "
+                    f"{first_row['test_auc']}: not the same reference (split seeds need --reference-dir)")
+            repeats.append(row)
+    out = {**first, "seeds": sorted({r["seed"] for r in results}), "runs": runs,
+           "command": "; ".join(str(r.get("command")) for r in runs), "results": results}
+    out.pop("reference_repeats", None)
+    if repeats:
+        out["reference_repeats"] = repeats
+    return out
 
 
 def _median(vals: list[float]) -> float:
