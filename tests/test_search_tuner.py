@@ -32,7 +32,7 @@ from keras_ctr_compress.search.budget import Feasibility, check_possible
 from keras_ctr_compress.search.commands import narrow
 from keras_ctr_compress.search.hparams import negligible_entries
 from keras_ctr_compress.search.pareto import dominates
-from keras_ctr_compress.search.tuner import make_oracle
+from keras_ctr_compress.search.tuner import MIN_LENGTH_SCALE, make_oracle
 
 SPEC = "synthetic:rows=6000,fields=5,numeric=0,noise_fields=1,total_vocab=500,seed=3"
 #: a toy file is ~33 KB, mostly structure: 1/3 of it leaves few plans (the budget binds)
@@ -133,6 +133,49 @@ def test_encoding_round_trips_and_orders_choices_by_bytes(model):
         narrow(space, [], ["tables.*:bits=16"])
 
 
+def test_encoding_moves_stay_in_the_options(model):
+    """The Bayesian oracle's local candidates: one-step neighbours, and perturbations
+    of exactly ``entries`` entries to another of their options."""
+    import random
+
+    enc = Encoding(search_space(model), cost_model(model))
+    base = enc.hyperparameters().values
+    for nb in enc.neighbours(base):
+        changed = [n for n in enc.names if nb[n] != base[n]]
+        assert len(changed) == 1
+        choices = enc.choices(changed[0])
+        assert abs(choices.index(nb[changed[0]]) - choices.index(base[changed[0]])) == 1
+    rng = random.Random(0)
+    movable = [n for n in enc.names if len(enc.choices(n)) > 1]
+    for entries in (1, 2, 3, len(movable) + 5):
+        new = enc.perturb(base, rng, entries=entries)
+        changed = [n for n in enc.names if new[n] != base[n]]
+        assert len(changed) == min(entries, len(movable))
+        assert all(new[n] in enc.choices(n) for n in enc.names)
+        enc.plan(new)  # a valid plan
+
+
+def test_bayesian_acquisition_maths():
+    """log(1 - AUC) orders plans as AUC does and shrinks the 0.5-AUC outliers; expected
+    improvement equals its integral definition E[max(best - Y, 0)], Y ~ N(mu, sigma)."""
+    from scipy import integrate, stats
+
+    from keras_ctr_compress.search.tuner import error_scale, expected_improvement
+
+    scores = np.array([0.5, 0.93, 0.975, 0.98])
+    e = error_scale(scores)
+    assert np.all(np.diff(e) < 0) and e[0] == pytest.approx(np.log(0.5))
+    # the 0.5 outlier is ~3 units from the rest, the differences that matter ~0.2 to 1
+    assert (e[1] - e[3]) / (e[0] - e[3]) > 0.25
+    assert np.isfinite(error_scale([1.0, float("nan")])[0])
+    mu, sigma, best = np.array([0.0, -1.0, 0.5]), np.array([1.0, 0.3, 2.0]), -0.5
+    ei = expected_improvement(mu, sigma, best, xi=0.0)
+    for m, s, got in zip(mu, sigma, ei, strict=True):
+        want, _ = integrate.quad(lambda y, m=m, s=s: (best - y) * stats.norm.pdf(y, m, s), -np.inf, best)
+        assert got == pytest.approx(want, rel=1e-6)
+    assert expected_improvement([0.0], [1e-30], best, xi=0.0)[0] == pytest.approx(0.0, abs=1e-12)
+
+
 # ------------------------------------------------------------------------- oracles
 
 
@@ -168,6 +211,9 @@ def test_oracle_never_proposes_a_plan_over_budget(model, searched, tmp_path, kin
     assert feas.rejected > 0  # the budget did bind: some draws were over it and never became trials
     if kind == "bayesian":
         assert len(statuses) == 8  # 3 random, then 5 proposals of the Gaussian process
+        # one fitted length scale per hyperparameter (ARD), none below the floor
+        scales = np.atleast_1d(oracle.gpr.kernel_.length_scale)
+        assert scales.shape == (len(oracle._nonfixed_space()),) and scales.min() >= MIN_LENGTH_SCALE - 1e-9
 
 
 def test_impossible_budgets_fail_before_any_training(model, data, searched, tmp_path):

@@ -212,6 +212,17 @@ class Encoding:
                     out.append({**values, name: choices[j]})
         return out
 
+    def perturb(self, values: Mapping[str, object], rng, entries: int) -> dict[str, object]:
+        """``values`` with ``entries`` distinct hyperparameters (of those with a choice)
+        set to another of their options, drawn uniformly: a move of any length along
+        each entry's order (one table from int2 to fp32, a layer from rank 4 to full)."""
+        names = [n for n in self.names if len(self.choices(n)) > 1]
+        out = dict(values)
+        for name in rng.sample(names, min(entries, len(names))):
+            others = [c for c in self.choices(name) if c != values.get(name)]
+            out[name] = rng.choice(others)
+        return out
+
 
 def _default_token(tokens: Mapping[str, dict]) -> str:
     """``fp32`` (the table unchanged) where it is an option, else the first (largest)."""
