@@ -298,3 +298,27 @@ def test_kcc_compress_applies_a_plan_and_refuses_a_bad_one(model, data, tmp_path
     bad.write_text(json.dumps({"version": 1, "tables": {"nope": {"method": "pruned"}}}))
     assert main(["compress", "--model", str(tmp_path / "m"), "--plan", str(bad), "--out", str(tmp_path / "d")]) == 2
     assert not (tmp_path / "d").exists()
+
+
+def test_search_summary_counts_how_trials_were_spent():
+    """The summary of the committed search record: the Bayesian vs random comparison is
+    the per-seed values' means, and trial_quality counts the trials after the initial
+    random ones by hand."""
+    from pathlib import Path
+
+    from keras_ctr_compress.bench.search_summary import search_summary as summarize_search
+    from keras_ctr_compress.bench.search_summary import trial_quality
+
+    q = trial_quality([0.97, 0.5, 0.96, 0.98, 0.4999, 0.9781, 0.9770], initial=3)
+    assert q == {"later_trials": 4, "later_trials_median_val_auc": pytest.approx((0.9781 + 0.977) / 2),
+                 "later_trials_broken": 1, "later_trials_near_best": 2}
+    record = json.loads((Path(__file__).parents[1] / "benchmarks/results/frappe_deepfm_search.json").read_text())
+    s = summarize_search(record)
+    for method, name in (("searched", "bayesian"), ("searched-random", "random")):
+        per_seed = s["methods"][method]["per_seed"]
+        assert len(per_seed) == 3 and all(p["later_trials"] == p["trials"] - 6 for p in per_seed)
+        assert s["bayesian_vs_random"][f"best_trial_val_auc_{name}"] == pytest.approx(
+            np.mean([p["best_trial_val_auc"] for p in per_seed]))
+        assert s["bayesian_vs_random"][f"later_trials_broken_{name}"] == sum(p["later_trials_broken"] for p in per_seed)
+    diff = s["bayesian_vs_random"]["difference"]
+    assert s["bayesian_vs_random"]["bayesian_beats_random"] == (diff > 0)

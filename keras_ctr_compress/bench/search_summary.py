@@ -20,6 +20,8 @@ def search_summary(record: dict) -> dict:
     """
     import numpy as np
 
+    from keras_ctr_compress.search.tuner import default_initial_points
+
     rows = record["results"]
     fp32 = {r["seed"]: r for r in rows if r["method"] == "fp32"}
     out: dict = {"record_command": record.get("command"), "seeds": record.get("seeds"), "methods": {}}
@@ -51,10 +53,13 @@ def search_summary(record: dict) -> dict:
                 "latency_b1_vs_fp32": r["latency_us_b1"] / fp32[r["seed"]]["latency_us_b1"],
                 **_latency_ratio(s, r["latency_us_b1"] / fp32[r["seed"]]["latency_us_b1"]),
                 "latency_model_loo_median_abs_rel_error": s["latency_model"].get("loo_median_abs_rel_error"),
+                **trial_quality(s["trial_val_aucs"], default_initial_points(s["trials"])),
             })
         mean = {k: float(np.mean([p[k] for p in per_seed])) for k in (
             "test_auc", "fp32_test_auc", "test_auc_gap", "best_trial_val_auc", "final_val_auc",
-            "search_overhead_s_mean", "beyond_training_s_mean", "rss_growth_mb")}
+            "search_overhead_s_mean", "beyond_training_s_mean", "rss_growth_mb", "later_trials_median_val_auc")}
+        for k in ("later_trials", "later_trials_broken", "later_trials_near_best"):
+            mean[k] = int(sum(p[k] for p in per_seed))  # totals over the seeds
         out["methods"][method] = {"per_seed": per_seed, "mean": mean,
                                   "all_within_budget": all(p["within_budget"] for p in per_seed),
                                   "auc_target_met": mean["test_auc_gap"] >= -0.002}
@@ -63,8 +68,33 @@ def search_summary(record: dict) -> dict:
         out["bayesian_vs_random"] = {"best_trial_val_auc_bayesian": b["best_trial_val_auc"],
                                      "best_trial_val_auc_random": r["best_trial_val_auc"],
                                      "difference": b["best_trial_val_auc"] - r["best_trial_val_auc"],
-                                     "bayesian_beats_random": b["best_trial_val_auc"] > r["best_trial_val_auc"]}
+                                     "bayesian_beats_random": b["best_trial_val_auc"] > r["best_trial_val_auc"],
+                                     **{f"{k}_{name}": m[k] for name, m in (("bayesian", b), ("random", r))
+                                        for k in ("later_trials_median_val_auc", "later_trials_broken",
+                                                  "later_trials_near_best", "later_trials")}}
     return out
+
+
+#: a trial below this validation AUC broke the model (a pruned key field scores ~0.5)
+BROKEN_AUC = 0.6
+#: a trial within this much of its search's best validation AUC counts as near the best
+NEAR_BEST = 0.0025
+
+
+def trial_quality(val_aucs: list[float], initial: int) -> dict:
+    """What the trials after the ``initial`` random ones (where the Bayesian oracle
+    proposes; the random oracle keeps drawing) were worth: their median validation AUC,
+    how many broke the model (< :data:`BROKEN_AUC`) and how many came within
+    :data:`NEAR_BEST` of the search's best trial. The best alone is one draw of luck;
+    these say how the proposals were spent."""
+    import numpy as np
+
+    later = list(val_aucs[initial:])
+    best = max(val_aucs)
+    return {"later_trials": len(later),
+            "later_trials_median_val_auc": float(np.median(later)) if later else float("nan"),
+            "later_trials_broken": sum(a < BROKEN_AUC for a in later),
+            "later_trials_near_best": sum(a >= best - NEAR_BEST for a in later)}
 
 
 def _latency_ratio(s: dict, measured_ratio: float) -> dict:
