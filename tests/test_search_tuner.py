@@ -312,6 +312,7 @@ def test_search_summary_counts_how_trials_were_spent():
     q = trial_quality([0.97, 0.5, 0.96, 0.98, 0.4999, 0.9781, 0.9770], initial=3)
     assert q == {"later_trials": 4, "later_trials_median_val_auc": pytest.approx((0.9781 + 0.977) / 2),
                  "later_trials_broken": 1, "later_trials_near_best": 2}
+    assert trial_quality([0.97, None, float("nan"), 0.96], initial=1)["later_trials"] == 1  # failed trials
     record = json.loads((Path(__file__).parents[1] / "benchmarks/results/frappe_deepfm_search.json").read_text())
     s = summarize_search(record)
     for method, name in (("searched", "bayesian"), ("searched-random", "random")):

@@ -89,8 +89,10 @@ def trial_quality(val_aucs: list[float], initial: int) -> dict:
     these say how the proposals were spent."""
     import numpy as np
 
-    later = list(val_aucs[initial:])
-    best = max(val_aucs)
+    def scored(aucs):  # a trial that failed has no AUC
+        return [a for a in aucs if a is not None and a == a]
+
+    later, best = scored(val_aucs[initial:]), max(scored(val_aucs), default=float("nan"))
     return {"later_trials": len(later),
             "later_trials_median_val_auc": float(np.median(later)) if later else float("nan"),
             "later_trials_broken": sum(a < BROKEN_AUC for a in later),
