@@ -116,20 +116,35 @@ class _Budgeted:
             f"no plan within the budget ({self.feasibility.budget.describe()}) in {self.max_draws:,} random "
             "draws: the budget admits almost no plan of this space; raise it or narrow the space")
 
-    def _shrink(self, values: dict) -> dict | None:
-        """``values`` moved to smaller options until the plan fits (None: stuck)."""
-        enc, rng = self.feasibility.encoding, random.Random(self._seed_state)
-        self._seed_state += 1
+    def _shrink(self, values: dict, rng: random.Random | None = None, *, keep: str | None = None,
+                next_option: bool = False) -> dict | None:
+        """``values`` moved to smaller options until the plan fits (None: stuck).
+
+        Each step moves a random entry (never ``keep``) to a random smaller option, or
+        to the next smaller one with ``next_option`` (the Bayesian oracle's repairs,
+        which stay near the trial they start from). ``rng``: default, one seeded from
+        the oracle's seed state."""
+        enc = self.feasibility.encoding
+        if rng is None:
+            rng = random.Random(self._seed_state)
+            self._seed_state += 1
         priced = self.feasibility.check(values)
+        if priced.ok:
+            return values
         for _ in range(SHRINK_STEPS):
-            movable = [n for n in enc.names if enc.choices(n).index(values[n]) < len(enc.choices(n)) - 1]
+            movable = [n for n in enc.names
+                       if n != keep and enc.choices(n).index(values[n]) < len(enc.choices(n)) - 1]
             if not movable:
                 return None
             name = rng.choice(movable)
             choices = enc.choices(name)
-            new = {**values, name: choices[rng.randrange(choices.index(values[name]) + 1, len(choices))]}
+            k = choices.index(values[name]) + 1
+            new = {**values, name: choices[k if next_option else rng.randrange(k, len(choices))]}
             p = self.feasibility.check(new)
-            if p.plan is None and priced.plan is not None:  # keep a valid plan valid (e.g. fields left)
+            # Keep a valid plan valid (e.g. fields left). One-option steps may walk
+            # through an invalid plan (units below a layer's rank) to a valid one
+            # beyond it, which a random-length step would have jumped.
+            if p.plan is None and priced.plan is not None and not next_option:
                 continue
             values, priced = new, p
             if p.ok:
@@ -272,29 +287,11 @@ class BudgetedBayesianOracle(_Budgeted, BayesianOptimizationOracle):
         return float(y.min())
 
     def _trade(self, base: dict, rng: random.Random) -> dict | None:
-        """``base`` with one entry set to another option, then repaired (:meth:`_repair`)
-        by the other entries."""
-        enc = self.feasibility.encoding
-        names = [n for n in enc.names if len(enc.choices(n)) > 1]
-        name = rng.choice(names)
-        new = {**base, name: rng.choice([c for c in enc.choices(name) if c != base.get(name)])}
-        return self._repair(new, rng, keep=name)
-
-    def _repair(self, values: dict, rng: random.Random, keep: str | None) -> dict | None:
-        """``values``, while over the budget, with random entries (not ``keep``) stepped
-        to their next smaller option (None: stuck)."""
-        enc = self.feasibility.encoding
-        new = dict(values)
-        for _ in range(SHRINK_STEPS):
-            if self.feasibility.check(new).ok:
-                return new
-            movable = [n for n in enc.names if n != keep and enc.choices(n).index(new[n]) < len(enc.choices(n)) - 1]
-            if not movable:
-                return None
-            other = rng.choice(movable)
-            choices = enc.choices(other)
-            new[other] = choices[choices.index(new[other]) + 1]
-        return None
+        """``base`` with one entry set to another option (``Encoding.perturb``), then
+        shrunk back into the budget by the other entries, one option at a time."""
+        new = self.feasibility.encoding.perturb(base, rng, entries=1)
+        changed = next((n for n in new if new[n] != base.get(n)), None)
+        return self._shrink(new, rng, keep=changed, next_option=True)
 
     def _vector(self, values) -> list[float]:
         return [hp.value_to_prob(values.get(hp.name, hp.default)) for hp in self._nonfixed_space()]
@@ -329,7 +326,7 @@ class BudgetedBayesianOracle(_Budgeted, BayesianOptimizationOracle):
                 add(enc.perturb(base, rng, entries=1 + i % MAX_PERTURBED))
         for _ in range(self.candidates):
             start = {n: rng.choice(enc.choices(n)) for n in enc.names}
-            add(self._repair(start, rng, keep=None))
+            add(self._shrink(start, rng, next_option=True))
         return pool
 
 
