@@ -11,6 +11,7 @@ from keras_ctr_compress.compress import (
     uniform_ranks,
 )
 from keras_ctr_compress.compress.low_rank import (
+    EmbeddingIdStats,
     afm_dense_factors,
     afm_embedding_factors,
     default_targets,
@@ -124,6 +125,30 @@ def test_afm_error_below_svd_at_equal_rank(trained, data):
     x = data[1].x
     p = _predict(trained, x)
     assert np.abs(_predict(afm_model, x) - p).mean() < np.abs(_predict(svd_model, x) - p).mean()
+
+
+def test_row_weights_of_each_table_weighting():
+    stats = EmbeddingIdStats(4, "t")
+    stats.update(np.array([0, 0, 0, 0, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2]))  # counts 4, 1, 9, 0
+    np.testing.assert_allclose(stats.row_weights("frequency"), [4 / 14, 1 / 14, 9 / 14, 0])
+    np.testing.assert_allclose(stats.row_weights("sqrt"), [2 / 6, 1 / 6, 3 / 6, 0])
+    np.testing.assert_allclose(stats.row_weights("uniform"), [0.25] * 4)
+    table = np.random.default_rng(0).normal(size=(4, 3))
+    mu, cov = stats.output_moments(table, "sqrt")
+    w = np.array([2, 1, 3, 0]) / 6
+    np.testing.assert_allclose(mu, w @ table)
+    np.testing.assert_allclose(cov, (table - mu).T @ ((table - mu) * w[:, None]))
+
+
+def test_frequency_weighting_has_the_lowest_reported_error(trained, data):
+    calib = data[0].x
+    ranks = {n: 2 for n in uniform_ranks(trained, embedding=2)}
+    errors = {tw: low_rank(trained, calib, ranks=ranks, table_weighting=tw)[1]
+              for tw in ("frequency", "sqrt", "uniform")}
+    for name in ranks:
+        freq, sqrt, uni = (errors[tw].layer(name).rel_error for tw in ("frequency", "sqrt", "uniform"))
+        # errors are reported over the lookups, which frequency weighting minimises
+        assert freq <= sqrt + 1e-12 and freq <= uni + 1e-12, (name, freq, sqrt, uni)
 
 
 def test_reported_error_matches_the_layer_outputs(trained, data):

@@ -40,16 +40,19 @@ def _make(method: str, dense_rank: int, emb_rank: int | None, ft: bool, name: st
 
 #: name prefix -> (low_rank method, table weighting, what it is). ``afmu`` is AFM with
 #: the table statistics taken over the distinct rows (``table_weighting="uniform"``)
-#: instead of the looked-up vectors: only tables differ, so it has no Dense-only rows.
+#: instead of the looked-up vectors, ``afms`` with rows weighted by the square root of
+#: their lookup count: only tables differ, so neither has Dense-only rows.
 _FAMILIES = {
     "afm": ("afm", "frequency", "principal subspace of each layer's outputs on calibration data (AFM)"),
     "svd": ("svd", "frequency", "truncated SVD of the weights (baseline)"),
     "afmu": ("afm", "uniform", "principal subspace of each layer's outputs (AFM), tables fitted to every "
              "row once instead of frequency-weighted"),
+    "afms": ("afm", "sqrt", "principal subspace of each layer's outputs (AFM), table rows weighted by the "
+             "square root of their lookup count"),
 }
 for _prefix, (_method, _weighting, _how) in _FAMILIES.items():
     for _tag, _d, _e in SETTINGS:
-        if _prefix == "afmu" and _e is None:
+        if _prefix in ("afmu", "afms") and _e is None:
             continue
         for _ft in (False, True):
             _name = f"{_prefix}-{_tag}{'-ft' if _ft else ''}"

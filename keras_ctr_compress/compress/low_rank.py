@@ -28,7 +28,11 @@ Choices the paper leaves open, as taken here:
   baseline included. For a table the pass counts ids: ``mu``, ``C`` and errors are
   the frequency-weighted sums over the rows. ``table_weighting="uniform"`` is offered
   beside the paper's frequency weighting: it fits the subspace to every row once,
-  which keeps rare ids better represented (they also get few fine-tuning updates).
+  which keeps rare ids better represented (they also get few fine-tuning updates);
+  ``"sqrt"`` weights rows by the square root of their count, in between. Measured on
+  Frappe (DeepFM, embedding rank 4, ``benchmarks/results/frappe_deepfm_lowrank_weighting.json``):
+  frequency weighting is best before fine-tuning, but the tables fine-tune better
+  from the uniform fit, which is what the weight SVD also gives them.
 - Calibration size: whatever ``calibration_data`` holds (optionally capped by
   ``calibration_batches``); :func:`compress_low_rank` uses the first 65,536 training
   rows. Measured on Frappe (DeepFM 400-400-400, Dense rank 32, table rank 6): the
@@ -80,7 +84,7 @@ from keras_ctr_compress.layers.low_rank_embedding import (
 
 METHODS = ("afm", "svd")
 ORDERS = ("independent", "sequential")
-TABLE_WEIGHTINGS = ("frequency", "uniform")
+TABLE_WEIGHTINGS = ("frequency", "sqrt", "uniform")
 DENSE, EMBEDDING = "dense", "embedding"
 #: rows of calibration data compared end to end (original vs compressed predictions)
 CHECK_ROWS = 4096
@@ -248,11 +252,19 @@ class EmbeddingIdStats:
             )
         self.counts += np.bincount(ids, minlength=self.counts.shape[0])
 
+    def row_weights(self, weighting: str = "frequency") -> np.ndarray:
+        """Each row's weight in the table's statistics (sums to 1): ``"frequency"``
+        (its share of the calibration lookups, AFM's definition), ``"sqrt"`` (the
+        square root of its count, normalised: between the two) or ``"uniform"``."""
+        if weighting == "uniform":
+            return np.full(len(self.counts), 1.0 / len(self.counts))
+        w = self.counts.astype(np.float64) if weighting == "frequency" else np.sqrt(self.counts)
+        return w / w.sum()
+
     def output_moments(self, table, weighting: str = "frequency") -> tuple[np.ndarray, np.ndarray]:
-        """Mean and covariance of the looked-up vectors (``"frequency"``: over the
-        calibration lookups, AFM's definition; ``"uniform"``: every row once)."""
+        """Mean and covariance of the table's rows under :meth:`row_weights`."""
         table = np.asarray(table, np.float64)
-        w = self.counts / self.n if weighting == "frequency" else np.full(len(table), 1.0 / len(table))
+        w = self.row_weights(weighting)
         mu = w @ table
         centred = table - mu
         cov = centred.T @ (centred * w[:, None])
@@ -747,9 +759,10 @@ def low_rank(
         skip_unprofitable: leave layers alone (and report them) where the rank saves
             no bytes; ``False`` compresses them anyway (e.g. to check exactness).
         table_weighting: AFM tables: ``"frequency"`` (the paper: statistics of the
-            looked-up vectors, so frequent ids dominate the subspace) or ``"uniform"``
-            (every row once: a centred PCA of the table, kinder to rare ids). Errors
-            are reported over the calibration lookups either way.
+            looked-up vectors, so frequent ids dominate the subspace), ``"uniform"``
+            (every row once: a centred PCA of the table, kinder to rare ids) or
+            ``"sqrt"`` (rows weighted by the square root of their lookup count).
+            Errors are reported over the calibration lookups either way.
 
     Returns:
         ``(new_model, report)`` (:class:`LowRankReport`).
