@@ -22,6 +22,14 @@ def canonical_afm(kernel, bias, out_mean, out_cov, rank, *, balance=True):
     m = (f.middle_bias @ qt.T) / root
     return lr.DenseFactors(u=u, v=v, middle_bias=m, bias=f.bias)
 
+orig_moments = lr.DenseInputStats.input_moments
+DROP = [0.0]
+def drop_moments(self):
+    mu, cov = orig_moments(self)
+    p = DROP[0]
+    m2 = self.s2.diagonal() / self.n  # E[x^2]: inverted dropout adds p/(1-p) E[x^2] to each input's variance
+    return mu, cov + np.diag(p / (1 - p) * m2)
+
 ds = load_dataset("frappe")
 ref = load_trained(f"/tmp/bench/refs/frappe_deepfm_seed{seed}").model
 res = []
@@ -29,6 +37,8 @@ for var in variants:
     method, dr, er, mode, *rest = var.split(":")
     opts = dict(kv.split("=") for kv in rest[0].split("+")) if rest else {}
     lr.afm_dense_factors = canonical_afm if mode == "canon" else orig_afm
+    lr.DenseInputStats.input_moments = drop_moments if "drop" in opts else orig_moments
+    DROP[0] = float(opts.get("drop", 0))
     ft_opts = {"epochs": 5, "learning_rate": float(opts.get("lr", 1e-4)), "patience": 1}
     t = time.time()
     only = {k: int(er) for k in opts["only"].split("/")} if "only" in opts else None
