@@ -200,6 +200,33 @@ def test_bad_ranks_and_options_give_clear_errors(trained, data):
         low_rank(trained, x, ranks={"dnn_1": 4}, method="pca")
     with pytest.raises(ValueError, match="explained_variance"):
         low_rank(trained, x, explained_variance=1.5)
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"`covariance_power` must be in \[0, 1\]"):
+            low_rank(trained, x, ranks={"dnn_1": 4}, covariance_power=bad)
+    with pytest.raises(ValueError, match="table_weighting"):
+        low_rank(trained, x, ranks={"dnn_1": 4}, table_weighting="log")
+
+
+def test_covariance_power_spans_svd_to_afm(trained, data):
+    calib = data[0].x[:3000]
+    ranks = {"dnn_1": 5, "dnn_2": 5}
+
+    def kernels(model):
+        return {n: model.get_layer(n).u.numpy() @ model.get_layer(n).v.numpy() for n in ranks}
+
+    afm_model, afm = low_rank(trained, calib, ranks=ranks)
+    same_model, _ = low_rank(trained, calib, ranks=ranks, covariance_power=1.0)
+    svd_model, _ = low_rank(trained, calib, ranks=ranks, method="svd")
+    flat_model, _ = low_rank(trained, calib, ranks=ranks, covariance_power=0.0)
+    _, half = low_rank(trained, calib, ranks=ranks, covariance_power=0.5)
+    for name in ranks:
+        np.testing.assert_allclose(kernels(same_model)[name], kernels(afm_model)[name], atol=1e-7)
+        # C_x^0 = I: the subspace of K^T K is the weights' right singular subspace, so the
+        # rank-k map K V_k V_k^T is exactly the SVD truncation U_k S_k V_k^T
+        np.testing.assert_allclose(kernels(flat_model)[name], kernels(svd_model)[name], atol=1e-5)
+        # AFM (power 1) minimises the output error that every report measures
+        assert afm.layer(name).rel_error <= half.layer(name).rel_error + 1e-12
+        assert half.layer(name).explained_variance == pytest.approx(1 - half.layer(name).rel_error)
 
 
 def test_default_targets_skip_first_hidden_and_output_layers(trained):

@@ -23,12 +23,14 @@ def _finetune_options(ctx: MethodContext) -> dict:
     return {**FINETUNE, "epochs": 1} if ctx.quick else dict(FINETUNE)
 
 
-def _make(method: str, dense_rank: int, emb_rank: int | None, ft: bool, name: str, weighting: str):
+def _make(method: str, dense_rank: int, emb_rank: int | None, ft: bool, name: str, weighting: str,
+          power: float):
     def run(ctx: MethodContext) -> Candidate:
         model, info = compress_low_rank(
             ctx.fp32_model, ctx.dataset, method=method, dense_rank=dense_rank,
             embedding_rank=emb_rank, fold_embeddings=emb_rank is not None, finetune=ft,
             seed=ctx.seed, finetune_options=_finetune_options(ctx), table_weighting=weighting,
+            covariance_power=power,
         )
         path = ctx.path(f"{name}.tflite")
         export_litert(model, path)
@@ -38,26 +40,30 @@ def _make(method: str, dense_rank: int, emb_rank: int | None, ft: bool, name: st
     return run
 
 
-#: name prefix -> (low_rank method, table weighting, what it is). ``afmu`` is AFM with
-#: the table statistics taken over the distinct rows (``table_weighting="uniform"``)
-#: instead of the looked-up vectors, ``afms`` with rows weighted by the square root of
-#: their lookup count: only tables differ, so neither has Dense-only rows.
+#: name prefix -> (low_rank method, table weighting, Dense covariance power, what it is).
+#: ``afmu`` is AFM with the table statistics taken over the distinct rows
+#: (``table_weighting="uniform"``) instead of the looked-up vectors, ``afms`` with rows
+#: weighted by the square root of their lookup count: only tables differ, so neither has
+#: Dense-only rows. ``afmt`` tempers both: tables as ``afms``, Dense layers fitted to
+#: ``K^T C_x^(1/2) K`` (``covariance_power=0.5``).
 _FAMILIES = {
-    "afm": ("afm", "frequency", "principal subspace of each layer's outputs on calibration data (AFM)"),
-    "svd": ("svd", "frequency", "truncated SVD of the weights (baseline)"),
-    "afmu": ("afm", "uniform", "principal subspace of each layer's outputs (AFM), tables fitted to every "
-             "row once instead of frequency-weighted"),
-    "afms": ("afm", "sqrt", "principal subspace of each layer's outputs (AFM), table rows weighted by the "
-             "square root of their lookup count"),
+    "afm": ("afm", "frequency", 1.0, "principal subspace of each layer's outputs on calibration data (AFM)"),
+    "svd": ("svd", "frequency", 1.0, "truncated SVD of the weights (baseline)"),
+    "afmu": ("afm", "uniform", 1.0, "principal subspace of each layer's outputs (AFM), tables fitted to "
+             "every row once instead of frequency-weighted"),
+    "afms": ("afm", "sqrt", 1.0, "principal subspace of each layer's outputs (AFM), table rows weighted by "
+             "the square root of their lookup count"),
+    "afmt": ("afm", "sqrt", 0.5, "tempered AFM (Dense: principal subspace of K^T C_x^(1/2) K; table rows "
+             "weighted by the square root of their lookup count)"),
 }
-for _prefix, (_method, _weighting, _how) in _FAMILIES.items():
+for _prefix, (_method, _weighting, _power, _how) in _FAMILIES.items():
     for _tag, _d, _e in SETTINGS:
         if _prefix in ("afmu", "afms") and _e is None:
             continue
         for _ft in (False, True):
             _name = f"{_prefix}-{_tag}{'-ft' if _ft else ''}"
             add_method(
-                _name, _make(_method, _d, _e, _ft, _name, _weighting),
+                _name, _make(_method, _d, _e, _ft, _name, _weighting, _power),
                 description=f"low-rank: Dense rank {_d}" + (f", embedding rank {_e} (projection folded "
                 "into the first Dense)" if _e else "") + f" by the {_how}"
                 + ("; then fine-tuned" if _ft else "; no fine-tuning"),

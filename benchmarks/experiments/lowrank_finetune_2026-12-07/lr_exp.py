@@ -30,6 +30,13 @@ def drop_moments(self):
     m2 = self.s2.diagonal() / self.n  # E[x^2]: inverted dropout adds p/(1-p) E[x^2] to each input's variance
     return mu, cov + np.diag(p / (1 - p) * m2)
 
+ALPHA = [1.0]
+def temper_moments(self):
+    # AFM with C_x^alpha: alpha 1 is AFM, alpha 0 the weights' SVD (identity input covariance)
+    mu, cov = orig_moments(self)
+    w, v = np.linalg.eigh(cov)
+    return mu, (v * np.clip(w, 0, None) ** ALPHA[0]) @ v.T
+
 ds = load_dataset("frappe")
 ref = load_trained(f"/tmp/bench/refs/frappe_deepfm_seed{seed}").model
 res = []
@@ -37,7 +44,9 @@ for var in variants:
     method, dr, er, mode, *rest = var.split(":")
     opts = dict(kv.split("=") for kv in rest[0].split("+")) if rest else {}
     lr.afm_dense_factors = canonical_afm if mode == "canon" else orig_afm
-    lr.DenseInputStats.input_moments = drop_moments if "drop" in opts else orig_moments
+    lr.DenseInputStats.input_moments = (drop_moments if "drop" in opts else
+                                         temper_moments if "alpha" in opts else orig_moments)
+    ALPHA[0] = float(opts.get("alpha", 1))
     DROP[0] = float(opts.get("drop", 0))
     ft_opts = {"epochs": 5, "learning_rate": float(opts.get("lr", 1e-4)), "patience": 1}
     t = time.time()
