@@ -200,9 +200,11 @@ def test_bad_ranks_and_options_give_clear_errors(trained, data):
         low_rank(trained, x, ranks={"dnn_1": 4}, method="pca")
     with pytest.raises(ValueError, match="explained_variance"):
         low_rank(trained, x, explained_variance=1.5)
-    for bad in (-0.1, 1.5, float("nan")):
-        with pytest.raises(ValueError, match=r"`covariance_power` must be in \[0, 1\]"):
+    for bad in (-0.1, 1.5, float("nan"), "0.5", True):
+        with pytest.raises(ValueError, match=r"`covariance_power` must be a number in \[0, 1\]"):
             low_rank(trained, x, ranks={"dnn_1": 4}, covariance_power=bad)
+    with pytest.raises(ValueError, match="method='svd' factorises the weights"):
+        low_rank(trained, x, ranks={"dnn_1": 4}, method="svd", covariance_power=0.5)
     with pytest.raises(ValueError, match="table_weighting"):
         low_rank(trained, x, ranks={"dnn_1": 4}, table_weighting="log")
 
@@ -218,7 +220,7 @@ def test_covariance_power_spans_svd_to_afm(trained, data):
     same_model, _ = low_rank(trained, calib, ranks=ranks, covariance_power=1.0)
     svd_model, _ = low_rank(trained, calib, ranks=ranks, method="svd")
     flat_model, _ = low_rank(trained, calib, ranks=ranks, covariance_power=0.0)
-    _, half = low_rank(trained, calib, ranks=ranks, covariance_power=0.5)
+    _, half = low_rank(trained, calib, ranks=ranks, covariance_power=np.float32(0.5))
     for name in ranks:
         np.testing.assert_allclose(kernels(same_model)[name], kernels(afm_model)[name], atol=1e-7)
         # C_x^0 = I: the subspace of K^T K is the weights' right singular subspace, so the

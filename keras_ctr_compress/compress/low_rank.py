@@ -69,6 +69,7 @@ Choices the paper leaves open, as taken here:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -682,8 +683,12 @@ def _check_args(model, method, order, ranks, explained_variance, layers, table_w
         raise ValueError("give `ranks` (per layer name), `explained_variance`, or both")
     if table_weighting not in TABLE_WEIGHTINGS:
         raise ValueError(f"`table_weighting` must be one of {TABLE_WEIGHTINGS}. Received: {table_weighting!r}")
-    if not 0.0 <= covariance_power <= 1.0:  # also rejects NaN
-        raise ValueError(f"`covariance_power` must be in [0, 1]. Received: {covariance_power!r}")
+    if isinstance(covariance_power, bool) or not isinstance(covariance_power, numbers.Real) \
+            or not 0.0 <= covariance_power <= 1.0:  # the comparison also rejects NaN
+        raise ValueError(f"`covariance_power` must be a number in [0, 1]. Received: {covariance_power!r}")
+    if method == "svd" and covariance_power != 1.0:
+        raise ValueError(f"`covariance_power` ({covariance_power!r}) tempers AFM's statistics; "
+                         "method='svd' factorises the weights and has none (leave it at 1)")
     if explained_variance is not None and not 0.0 < explained_variance <= 1.0:
         raise ValueError(f"`explained_variance` must be in (0, 1]. Received: {explained_variance!r}")
     names = {layer.name for layer in model.layers}
@@ -767,7 +772,8 @@ def low_rank(
             the default set (with ``layers=None``).
         explained_variance: for considered layers without a rank in ``ranks``, the
             smallest rank whose share of variance reaches this value (AFM: output
-            variance on the calibration data; SVD: squared singular values).
+            variance on the calibration data, also with ``covariance_power`` < 1,
+            whose subspace then explains less; SVD: squared singular values).
         method: ``"afm"`` (output-feature PCA) or ``"svd"`` (weight SVD baseline).
         middle_activation: activation between the two Dense factors (``"relu"`` is
             AFM's "act" variant; it changes the outputs, so fine-tune afterwards).
