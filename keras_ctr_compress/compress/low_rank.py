@@ -288,7 +288,7 @@ class EmbeddingIdStats:
     def error(self, table, approx_table) -> tuple[float, float]:
         """Frequency-weighted mean squared error per lookup, and total variance."""
         table = np.asarray(table, np.float64)
-        w = self.counts / self.n
+        w = self.row_weights("frequency")
         err = float(w @ np.sum((table - approx_table) ** 2, axis=1))
         mu = w @ table
         total = float(w @ np.sum((table - mu) ** 2, axis=1))
