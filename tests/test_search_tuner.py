@@ -214,6 +214,16 @@ def test_oracle_never_proposes_a_plan_over_budget(model, searched, tmp_path, kin
         # one fitted length scale per hyperparameter (ARD), none below the floor
         scales = np.atleast_1d(oracle.gpr.kernel_.length_scale)
         assert scales.shape == (len(oracle._nonfixed_space()),) and scales.min() >= MIN_LENGTH_SCALE - 1e-9
+        # each proposal draws its own candidates (the seed state advances and is saved)
+        completed = list(oracle.trials.values())
+        state = oracle._seed_state
+        first, second = oracle._pool(completed), oracle._pool(completed)
+        assert oracle._seed_state == state + 2 and oracle.get_state()["seed_state"] == state + 2
+        hashes = [{oracle._compute_values_hash(v) for v in p} for p in (first, second)]
+        assert hashes[0] != hashes[1]
+        oracle._seed_state = state
+        assert [oracle._compute_values_hash(v) for v in oracle._pool(completed)] == \
+            [oracle._compute_values_hash(v) for v in first]  # same state, same pool
 
 
 def test_impossible_budgets_fail_before_any_training(model, data, searched, tmp_path):

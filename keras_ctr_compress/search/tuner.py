@@ -317,7 +317,11 @@ class BudgetedBayesianOracle(_Budgeted, BayesianOptimizationOracle):
         for base in bases:
             for nb in enc.neighbours(base):
                 add(nb)
+        # A fresh stream per proposal: the state is the oracle's own (saved with it, so a
+        # resumed search proposes what the uninterrupted one would have), and without
+        # advancing it every proposal would draw the same candidates and moves.
         rng = random.Random(self._seed_state)
+        self._seed_state += 1
         for i in range(self.moves):
             base = bases[i % len(bases)]
             if i % 2:
