@@ -48,7 +48,8 @@ for var in variants:
                                          temper_moments if "alpha" in opts else orig_moments)
     ALPHA[0] = float(opts.get("alpha", 1))
     DROP[0] = float(opts.get("drop", 0))
-    ft_opts = {"epochs": 5, "learning_rate": float(opts.get("lr", 1e-4)), "patience": 1}
+    ft_opts = {"epochs": int(opts.get("ep", 5)), "learning_rate": float(opts.get("lr", 1e-4)),
+               "patience": int(opts.get("pat", 1))}
     t = time.time()
     only = {k: int(er) for k in opts["only"].split("/")} if "only" in opts else None
     m, info = compress_low_rank(ref, ds, method=method, dense_rank=int(dr) if dr != "-" else None, ranks=only,
