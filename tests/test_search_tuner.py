@@ -226,6 +226,37 @@ def test_oracle_never_proposes_a_plan_over_budget(model, searched, tmp_path, kin
             [oracle._compute_values_hash(v) for v in first]  # same state, same pool
 
 
+def test_feasibility_cache_keeps_verdicts_not_plans(model):
+    """A Bayesian proposal prices ~2,000 new values (frappe): the cache keeps each
+    one's verdict in a few hundred bytes, not its plan (kilobytes), and a hit gives
+    the same verdict as pricing afresh."""
+    import random
+    import tracemalloc
+
+    cost = cost_model(model)
+    enc = Encoding(search_space(model), cost)
+    feas = Feasibility(enc, cost, None, Budget(max_bytes=int(cost.reference_bytes / 1.5)))
+    rng = random.Random(0)
+    draws = [{n: rng.choice(enc.choices(n)) for n in enc.names} for _ in range(3000)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        first = [feas.check(v) for v in draws]
+        per_entry = (tracemalloc.get_traced_memory()[0] - before) / len(feas._cache)
+    finally:
+        tracemalloc.stop()
+    assert len(feas._cache) > 1000 and per_entry < 800, per_entry  # measured ~400 (with its plan: ~2,900)
+    assert {p.ok for p in first} == {True, False}  # the budget binds
+    again = [feas.check({**v, "tuner/epochs": 3}) for v in draws]  # keras-tuner's entries do not matter
+    def verdicts(ps):  # latency is NaN without a latency model (NaN != NaN)
+        return [(p.valid, p.nbytes, p.ok, p.reason) for p in ps]
+
+    assert verdicts(again) == verdicts(first)
+    assert verdicts(feas._price(v) for v in draws[:200]) == verdicts(first[:200])
+    bad = feas.check({**draws[0], enc.names[0]: "no such option"})
+    assert not bad.valid and not bad.ok and bad.reason.startswith("invalid: ")
+
+
 def test_impossible_budgets_fail_before_any_training(model, data, searched, tmp_path):
     res, _ = searched
     enc = Encoding(search_space(model), cost_model(model))

@@ -26,10 +26,13 @@ import math
 from dataclasses import dataclass
 
 from keras_ctr_compress.search.hparams import Encoding
-from keras_ctr_compress.search.plan import Plan
 
 #: AUC subtracted per unit of relative excess under a soft budget.
 SOFT_PENALTY = 0.1
+#: Priced values :class:`Feasibility` keeps (~600 bytes each on frappe: 0.12 GB at most).
+#: A Bayesian proposal prices ~2,000 new values on frappe's 18 hyperparameters.
+CACHE_ENTRIES = 200_000
+_MISSING = object()
 
 
 @dataclass(frozen=True)
@@ -80,11 +83,13 @@ class Budget:
                 "penalty": self.penalty}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Priced:
-    """One hyperparameter set, priced: its plan, bytes, latency and verdict."""
+    """One hyperparameter set, priced: whether it makes a valid plan, its bytes,
+    latency and verdict. The plan itself is not kept (``Encoding.plan`` rebuilds it):
+    a search prices thousands of values per proposal, and a plan costs kilobytes."""
 
-    plan: Plan | None
+    valid: bool
     nbytes: int | None
     latency_us: float | None
     ok: bool
@@ -107,15 +112,23 @@ class Feasibility:
             raise ValueError("a latency budget needs a latency model (calibrate_latency)")
         self.encoding, self.cost, self.latency, self.budget = encoding, cost, latency, budget
         self._cache: dict[tuple, Priced] = {}
+        self._names = tuple(encoding.names)
         self.checked = 0
         self.rejected = 0
 
+    def _key(self, values) -> tuple:
+        """The cache key: the values in the encoding's order (references to its option
+        objects, ~200 bytes), then any other non-``tuner/`` entries, sorted."""
+        key = tuple(values.get(n, _MISSING) for n in self._names)
+        extra = [(k, v) for k, v in values.items() if k not in self._names and not k.startswith("tuner/")]
+        return key + tuple(sorted(extra)) if extra else key
+
     def check(self, values) -> Priced:
-        key = tuple(sorted((k, v) for k, v in values.items() if not k.startswith("tuner/")))
+        key = self._key(values)
         hit = self._cache.get(key)
         if hit is None:
             hit = self._price(values)
-            if len(self._cache) < 200_000:
+            if len(self._cache) < CACHE_ENTRIES:
                 self._cache[key] = hit
         self.checked += 1
         self.rejected += not hit.ok
@@ -126,11 +139,11 @@ class Feasibility:
             plan = self.encoding.plan(values)
             nbytes = self.cost.plan_bytes(plan)
         except ValueError as e:
-            return Priced(None, None, None, False, f"invalid: {e}")
+            return Priced(False, None, None, False, f"invalid: {e}")
         lat = self.latency.predict(plan) if self.latency is not None else float("nan")
         if self.budget.soft or self.budget.within(nbytes, 0.0 if lat != lat else lat):
-            return Priced(plan, nbytes, lat, True)
-        return Priced(plan, nbytes, lat, False, "over budget")
+            return Priced(True, nbytes, lat, True)
+        return Priced(True, nbytes, lat, False, "over budget")
 
 
 def smallest_plan(encoding: Encoding, price, *, passes: int = 4) -> tuple[dict, float]:

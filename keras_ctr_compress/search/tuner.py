@@ -144,7 +144,7 @@ class _Budgeted:
             # Keep a valid plan valid (e.g. fields left). One-option steps may walk
             # through an invalid plan (units below a layer's rank) to a valid one
             # beyond it, which a random-length step would have jumped.
-            if p.plan is None and priced.plan is not None and not next_option:
+            if not p.valid and priced.valid and not next_option:
                 continue
             values, priced = new, p
             if p.ok:
