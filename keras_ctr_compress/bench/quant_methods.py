@@ -65,6 +65,13 @@ BITS = (8, 4, 2)
 #: at 0.3 reaches validation AUC 0.9804 / 0.9803 / 0.9796, at 1 0.9811 / 0.9798 / 0.9792
 #: (means 0.9801 and 0.9800): a tie once training runs to convergence; 0.3 kept.
 LPT_L2_SCALE = {"qat": 1.0, "lpt-dr": 1.0, "lpt-sr": 1.0, "alpt": 0.3}
+#: The lpt tables' row-wise Adagrad learning rate by code width. 8 bits: 0.05, the layer's
+#: default (the best of 0.01 / 0.05 / 0.1 at 8 bits). At 4 bits a step is 16 times coarser:
+#: stochastic rounding adds the same noise (~step^2 / 4 a weight) to an update whatever
+#: its size, so a larger update wins more signal per step. 4 bits was chosen on
+#: validation AUC with the full recipe (benchmarks/experiments/alpt_table_lr_2026-12-07);
+#: 2 bits takes 4 bits' rate.
+LPT_TABLE_LR = {8: 0.05, 4: 0.1, 2: 0.1}
 #: ``rowwise``'s fine-tuning: Adam 1e-4 on the Keras-trained weights, exact validation
 #: AUC, early stopping.
 FINETUNE = {"epochs": 3, "learning_rate": 1e-4, "patience": 1}
@@ -103,10 +110,12 @@ def _train_from_scratch(ctx: MethodContext, method: str, bits: int):
     t0 = time.perf_counter()
     model = build_model(ctx.model_name, ctx.dataset.fields, seed=ctx.seed, **ctx.extra.get("model_kwargs", {}))
     qmodel = quantize_embeddings(model, method=kind, bits=bits, step_init="lsq", granularity=GRANULARITY,
-                                 seed=ctx.seed, **preset, **_table_regularizer(model, LPT_L2_SCALE[method]))
+                                 seed=ctx.seed, **preset, **_table_regularizer(model, LPT_L2_SCALE[method]),
+                                 **({"learning_rate": LPT_TABLE_LR[bits]} if kind == "lpt" else {}))
     config = TrainConfig(**{**ctx.train_config.to_dict(), "seed": ctx.seed})
     summary = train_model(qmodel, ctx.dataset.train, ctx.dataset.valid, config)
     info = {"regime": "from scratch", "train_config": config.to_dict(), "epochs": summary["epochs"],
+            **({"table_learning_rate": LPT_TABLE_LR[bits]} if kind == "lpt" else {}),
             "best_epoch": summary["best_epoch"], "best_val_auc": summary["best_val_auc"],
             "train_seconds": time.perf_counter() - t0}
     return finalize_quantized(qmodel), info
