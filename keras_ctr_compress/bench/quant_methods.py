@@ -11,8 +11,8 @@ more than int4 codes of a dim-10 row save), then the fp32 row's training recipe
 (epochs, early stopping on exact validation AUC, learning-rate decay): ``qat`` trains a
 float shadow table with the model's Adam, ``lpt-*`` / ``alpt`` store int8 codes and
 update looked-up rows with row-wise Adagrad (learning rate :data:`LPT_TABLE_LR` of the
-code width, decayed with the model's Adam by ``DecayOnPlateau``; rows a step skips get the L2 decay lazily,
-``skipped_row_decay``). The L2 on the tables is the fp32 recipe's times
+code width, decayed with the model's Adam by ``DecayOnPlateau``; rows a step skips get
+the L2 decay lazily, ``skipped_row_decay``). The L2 on the tables is the fp32 recipe's times
 :data:`LPT_L2_SCALE` of the method: a regulariser's strength depends on the optimizer
 that applies it (Adam normalises its gradient away, row-wise Adagrad does not), so
 each low-precision method's scale was chosen on validation AUC. Low-precision
@@ -63,7 +63,8 @@ BITS = (8, 4, 2)
 #: ``qat`` trains its float table with the model's Adam, as fp32 does: scale 1.
 #: Rechecked with the full recipe (40 epochs, early stopping; seeds 0 / 1 / 2): ``alpt-4``
 #: at 0.3 reaches validation AUC 0.9804 / 0.9803 / 0.9796, at 1 0.9811 / 0.9798 / 0.9792
-#: (means 0.9801 and 0.9800, table rate 0.05): a tie once training runs to convergence; 0.3 kept.
+#: (means 0.9801 and 0.9800, table rate 0.05): a tie once training runs to convergence;
+#: 0.3 kept.
 LPT_L2_SCALE = {"qat": 1.0, "lpt-dr": 1.0, "lpt-sr": 1.0, "alpt": 0.3}
 #: The lpt tables' row-wise Adagrad learning rate by code width. 8 bits: 0.05, the layer's
 #: default (the best of 0.01 / 0.05 / 0.1 at 8 bits, 10-epoch runs). At 4 bits a step is
