@@ -111,14 +111,16 @@ def _train_from_scratch(ctx: MethodContext, method: str, bits: int):
     fp32 row's recipe; returns ``(finalized model, info)``."""
     kind, preset = METHOD_PRESETS[method]
     t0 = time.perf_counter()
+    # qat trains its float table with the model's Adam: no table rate of its own
+    table_lr = {"learning_rate": LPT_TABLE_LR[bits]} if kind == "lpt" else {}
     model = build_model(ctx.model_name, ctx.dataset.fields, seed=ctx.seed, **ctx.extra.get("model_kwargs", {}))
     qmodel = quantize_embeddings(model, method=kind, bits=bits, step_init="lsq", granularity=GRANULARITY,
                                  seed=ctx.seed, **preset, **_table_regularizer(model, LPT_L2_SCALE[method]),
-                                 **({"learning_rate": LPT_TABLE_LR[bits]} if kind == "lpt" else {}))
+                                 **table_lr)
     config = TrainConfig(**{**ctx.train_config.to_dict(), "seed": ctx.seed})
     summary = train_model(qmodel, ctx.dataset.train, ctx.dataset.valid, config)
     info = {"regime": "from scratch", "train_config": config.to_dict(), "epochs": summary["epochs"],
-            **({"table_learning_rate": LPT_TABLE_LR[bits]} if kind == "lpt" else {}),
+            **({"table_learning_rate": table_lr["learning_rate"]} if table_lr else {}),
             "best_epoch": summary["best_epoch"], "best_val_auc": summary["best_val_auc"],
             "train_seconds": time.perf_counter() - t0}
     return finalize_quantized(qmodel), info
