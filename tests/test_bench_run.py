@@ -88,8 +88,8 @@ def test_reference_dir_reuses_the_trained_reference_only_for_the_same_settings(t
     assert not any("fp32 reference loaded" in s for s in logs)
 
 
-def test_lpt_rows_train_their_tables_at_the_rate_of_their_code_width(tmp_path):
-    """``LPT_TABLE_LR``: 0.05 at 8 bits, 0.1 at 4 and 2; qat tables train with Adam."""
+def test_lpt_rows_train_their_tables_at_the_rate_of_their_method_and_code_width(tmp_path):
+    """``LPT_TABLE_LR``: each lpt method's rate at each width (qat tables train with Adam)."""
     from keras_ctr_compress.bench.quant_methods import LPT_TABLE_LR, _train_from_scratch
     from keras_ctr_compress.bench.registry import MethodContext
     from keras_ctr_compress.data import load_dataset
@@ -98,8 +98,9 @@ def test_lpt_rows_train_their_tables_at_the_rate_of_their_code_width(tmp_path):
     ds = load_dataset(TINY)
     ctx = MethodContext(ds, "deepfm", 0, None, None, tmp_path, True, TrainConfig(epochs=1, verbose=0),
                         extra={"model_kwargs": {"mlp": (8,), "embedding_dim": 4}})
-    assert LPT_TABLE_LR == {8: 0.05, 4: 0.1, 2: 0.1}
-    for method, bits, rate in (("alpt", 8, 0.05), ("lpt-sr", 4, 0.1), ("qat", 4, None)):
+    assert LPT_TABLE_LR == {"lpt-dr": {8: 0.05, 4: 0.2, 2: 0.1}, "lpt-sr": {8: 0.05, 4: 0.1, 2: 0.1},
+                            "alpt": {8: 0.05, 4: 0.2, 2: 0.2}}
+    for method, bits, rate in (("alpt", 2, 0.2), ("lpt-sr", 2, 0.1), ("qat", 4, None)):
         model, info = _train_from_scratch(ctx, method, bits)
         tables = [layer for layer in model.layers if isinstance(layer, QuantizedEmbedding)]
         assert tables and info.get("table_learning_rate") == rate

@@ -11,7 +11,7 @@ more than int4 codes of a dim-10 row save), then the fp32 row's training recipe
 (epochs, early stopping on exact validation AUC, learning-rate decay): ``qat`` trains a
 float shadow table with the model's Adam, ``lpt-*`` / ``alpt`` store int8 codes and
 update looked-up rows with row-wise Adagrad (learning rate :data:`LPT_TABLE_LR` of the
-code width, decayed with the model's Adam by ``DecayOnPlateau``; rows a step skips get
+method and code width, decayed with the model's Adam by ``DecayOnPlateau``; rows a step skips get
 the L2 decay lazily, ``skipped_row_decay``). The L2 on the tables is the fp32 recipe's times
 :data:`LPT_L2_SCALE` of the method: a regulariser's strength depends on the optimizer
 that applies it (Adam normalises its gradient away, row-wise Adagrad does not), so
@@ -66,15 +66,20 @@ BITS = (8, 4, 2)
 #: (means 0.9801 and 0.9800, table rate 0.05): a tie once training runs to convergence;
 #: 0.3 kept.
 LPT_L2_SCALE = {"qat": 1.0, "lpt-dr": 1.0, "lpt-sr": 1.0, "alpt": 0.3}
-#: The lpt tables' row-wise Adagrad learning rate by code width. 8 bits: 0.05, the layer's
-#: default (the best of 0.01 / 0.05 / 0.1 at 8 bits, 10-epoch runs). At 4 bits a step is
-#: 16 times coarser: stochastic rounding adds noise of the step's size whatever the
-#: update's, so a larger update carries more signal per step. 0.1 at 4 bits was chosen
-#: on validation AUC with the full recipe, 3 seeds: it beat 0.05 on every seed for each
-#: of alpt / lpt-sr / lpt-dr (means 0.9813 / 0.9813 / 0.9755 against 0.9801 / 0.9808 /
-#: 0.9735; 0.025 was worse still, benchmarks/experiments/alpt_table_lr_2026-12-07).
-#: 2 bits takes 4 bits' rate (not tuned there).
-LPT_TABLE_LR = {8: 0.05, 4: 0.1, 2: 0.1}
+#: The lpt tables' row-wise Adagrad learning rate, by method and code width. 8 bits: 0.05,
+#: the layer's default (the best of 0.01 / 0.05 / 0.1 at 8 bits, 10-epoch runs). Coarser
+#: codes want larger updates: stochastic rounding adds noise of the step's size whatever
+#: the update's, so a larger update carries more signal per step. At 4 and 2 bits each
+#: method's rate is the one of 0.05 / 0.1 / 0.2 with the highest mean validation AUC over
+#: seeds 0 and 1, full recipe (frappe DeepFM; where 0.2 won, 0.4 ran and lost: alpt on
+#: seed 0 only; benchmarks/experiments/alpt_table_lr_2026-12-07, lpt_table_lr_2026-12-08):
+#: alpt 0.2 at both, lpt-sr 0.1 at both, lpt-dr 0.2 at 4 bits and 0.1 at 2. A learned
+#: step grows with larger updates; a fixed one clips them, which costs most at 2 bits.
+LPT_TABLE_LR = {
+    "lpt-dr": {8: 0.05, 4: 0.2, 2: 0.1},
+    "lpt-sr": {8: 0.05, 4: 0.1, 2: 0.1},
+    "alpt": {8: 0.05, 4: 0.2, 2: 0.2},
+}
 #: ``rowwise``'s fine-tuning: Adam 1e-4 on the Keras-trained weights, exact validation
 #: AUC, early stopping.
 FINETUNE = {"epochs": 3, "learning_rate": 1e-4, "patience": 1}
@@ -112,7 +117,7 @@ def _train_from_scratch(ctx: MethodContext, method: str, bits: int):
     kind, preset = METHOD_PRESETS[method]
     t0 = time.perf_counter()
     # qat trains its float table with the model's Adam: no table rate of its own
-    table_lr = {"learning_rate": LPT_TABLE_LR[bits]} if kind == "lpt" else {}
+    table_lr = {"learning_rate": LPT_TABLE_LR[method][bits]} if kind == "lpt" else {}
     model = build_model(ctx.model_name, ctx.dataset.fields, seed=ctx.seed, **ctx.extra.get("model_kwargs", {}))
     qmodel = quantize_embeddings(model, method=kind, bits=bits, step_init="lsq", granularity=GRANULARITY,
                                  seed=ctx.seed, **preset, **_table_regularizer(model, LPT_L2_SCALE[method]),

@@ -195,8 +195,9 @@ class QuantizedEmbedding(keras.layers.Layer):
         learning_rate: ``lpt`` table learning rate (default 0.05: the best of 0.01,
             0.05 and 0.1 for row-wise Adagrad on frappe DeepFM, 8 bits, 10 epochs,
             validation AUC 0.9775 after 20 epochs at 0.01, 0.9815 / 0.9800 after
-            10 at 0.05 / 0.1; at 4 bits 0.1 beats 0.05 with the full 40-epoch
-            recipe, see ``LPT_TABLE_LR`` in ``keras_ctr_compress.bench.quant_methods``).
+            10 at 0.05 / 0.1; at 4 and 2 bits 0.1 or 0.2 wins with the full 40-epoch
+            recipe, by method, see ``LPT_TABLE_LR`` in
+            ``keras_ctr_compress.bench.quant_methods``).
             Multiplied by ``learning_rate_scale``
             (:meth:`set_learning_rate_scale`), which learning-rate decay lowers.
         step_learning_rate: ``lpt`` step-size learning rate (ALPT: 1e-6 to 2e-5
