@@ -89,8 +89,13 @@ def test_reference_dir_reuses_the_trained_reference_only_for_the_same_settings(t
 
 
 def test_lpt_rows_train_their_tables_at_the_rate_of_their_method_and_code_width(tmp_path):
-    """``LPT_TABLE_LR``: each lpt method's rate at each width (qat tables train with Adam)."""
-    from keras_ctr_compress.bench.quant_methods import LPT_TABLE_LR, _train_from_scratch
+    """``LPT_TABLE_LR``: each lpt method's table rate at each width (qat tables train with
+    Adam); ``ALPT_STEP_LR``: alpt's step rate at each width."""
+    from keras_ctr_compress.bench.quant_methods import (
+        ALPT_STEP_LR,
+        LPT_TABLE_LR,
+        _train_from_scratch,
+    )
     from keras_ctr_compress.bench.registry import MethodContext
     from keras_ctr_compress.data import load_dataset
     from keras_ctr_compress.layers import QuantizedEmbedding
@@ -100,9 +105,13 @@ def test_lpt_rows_train_their_tables_at_the_rate_of_their_method_and_code_width(
                         extra={"model_kwargs": {"mlp": (8,), "embedding_dim": 4}})
     assert LPT_TABLE_LR == {"lpt-dr": {8: 0.05, 4: 0.2, 2: 0.1}, "lpt-sr": {8: 0.05, 4: 0.1, 2: 0.1},
                             "alpt": {8: 0.05, 4: 0.2, 2: 0.2}}
-    for method, bits, rate in (("alpt", 2, 0.2), ("lpt-sr", 2, 0.1), ("qat", 4, None)):
+    assert ALPT_STEP_LR == {8: 1e-5, 4: 3e-6, 2: 1e-5}
+    for method, bits, rate, step_rate in (("alpt", 4, 0.2, 3e-6), ("lpt-sr", 2, 0.1, None), ("qat", 4, None, None)):
         model, info = _train_from_scratch(ctx, method, bits)
         tables = [layer for layer in model.layers if isinstance(layer, QuantizedEmbedding)]
         assert tables and info.get("table_learning_rate") == rate
+        assert info.get("step_learning_rate") == step_rate
         if rate is not None:
             assert {t.learning_rate for t in tables} == {rate}
+        if step_rate is not None:  # alpt only: the others do not learn their step
+            assert {t.step_learning_rate for t in tables} == {step_rate}

@@ -11,7 +11,8 @@ more than int4 codes of a dim-10 row save), then the fp32 row's training recipe
 (epochs, early stopping on exact validation AUC, learning-rate decay): ``qat`` trains a
 float shadow table with the model's Adam, ``lpt-*`` / ``alpt`` store int8 codes and
 update looked-up rows with row-wise Adagrad (learning rate :data:`LPT_TABLE_LR` of the
-method and code width, decayed with the model's Adam by ``DecayOnPlateau``; rows a step skips get
+method and code width; ``alpt``'s step by Adam at :data:`ALPT_STEP_LR` of the width; both
+decayed with the model's Adam by ``DecayOnPlateau``; rows a step skips get
 the L2 decay lazily, ``skipped_row_decay``). The L2 on the tables is the fp32 recipe's times
 :data:`LPT_L2_SCALE` of the method: a regulariser's strength depends on the optimizer
 that applies it (Adam normalises its gradient away, row-wise Adagrad does not), so
@@ -80,6 +81,14 @@ LPT_TABLE_LR = {
     "lpt-sr": {8: 0.05, 4: 0.1, 2: 0.1},
     "alpt": {8: 0.05, 4: 0.2, 2: 0.2},
 }
+#: ``alpt``'s step-size learning rate (its own Adam) by code width. 8 bits: the layer's
+#: default, 1e-5 (ALPT's range is 1e-6 to 2e-5; not tuned at 8 bits). At 4 bits, with the
+#: table rate above, 3e-6 had the highest mean validation AUC over seeds 0 and 1 of 1e-6 /
+#: 3e-6 / 1e-5 / 2e-5 (0.98112 / 0.98219 / 0.98137 / 0.98113): a step that moves more
+#: slowly than the rows it quantises (benchmarks/experiments/lpt_table_lr_2026-12-08).
+#: At 2 bits 1e-5 stays: 3e-6 and 2e-5 both lost (0.95267 and 0.95394 against 0.95658);
+#: four levels leave the step no room to lag.
+ALPT_STEP_LR = {8: 1e-5, 4: 3e-6, 2: 1e-5}
 #: ``rowwise``'s fine-tuning: Adam 1e-4 on the Keras-trained weights, exact validation
 #: AUC, early stopping.
 FINETUNE = {"epochs": 3, "learning_rate": 1e-4, "patience": 1}
@@ -118,14 +127,16 @@ def _train_from_scratch(ctx: MethodContext, method: str, bits: int):
     t0 = time.perf_counter()
     # qat trains its float table with the model's Adam: no table rate of its own
     table_lr = {"learning_rate": LPT_TABLE_LR[method][bits]} if kind == "lpt" else {}
+    # of the lpt methods only alpt learns its step
+    step_lr = {"step_learning_rate": ALPT_STEP_LR[bits]} if method == "alpt" else {}
     model = build_model(ctx.model_name, ctx.dataset.fields, seed=ctx.seed, **ctx.extra.get("model_kwargs", {}))
     qmodel = quantize_embeddings(model, method=kind, bits=bits, step_init="lsq", granularity=GRANULARITY,
                                  seed=ctx.seed, **preset, **_table_regularizer(model, LPT_L2_SCALE[method]),
-                                 **table_lr)
+                                 **table_lr, **step_lr)
     config = TrainConfig(**{**ctx.train_config.to_dict(), "seed": ctx.seed})
     summary = train_model(qmodel, ctx.dataset.train, ctx.dataset.valid, config)
     info = {"regime": "from scratch", "train_config": config.to_dict(), "epochs": summary["epochs"],
-            **({"table_learning_rate": table_lr["learning_rate"]} if table_lr else {}),
+            **({"table_learning_rate": table_lr["learning_rate"]} if table_lr else {}), **step_lr,
             "best_epoch": summary["best_epoch"], "best_val_auc": summary["best_val_auc"],
             "train_seconds": time.perf_counter() - t0}
     return finalize_quantized(qmodel), info

@@ -201,7 +201,9 @@ class QuantizedEmbedding(keras.layers.Layer):
             Multiplied by ``learning_rate_scale``
             (:meth:`set_learning_rate_scale`), which learning-rate decay lowers.
         step_learning_rate: ``lpt`` step-size learning rate (ALPT: 1e-6 to 2e-5
-            with Adam), also multiplied by ``learning_rate_scale``. In ``qat`` mode
+            with Adam; ``kcc bench`` uses 3e-6 at 4 bits, ``ALPT_STEP_LR`` in
+            ``keras_ctr_compress.bench.quant_methods``), also multiplied by
+            ``learning_rate_scale``. In ``qat`` mode
             the model's optimizer trains the step.
         step_optimizer: ``lpt`` step-size optimizer, ``"adam"`` or ``"sgd"``.
         step_init: ``"lsq"`` (``D0 = 2 mean|w| / sqrt(Qp)``) or ``"mse"`` (the step
